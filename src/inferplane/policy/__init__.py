@@ -1,0 +1,5 @@
+"""Pure decisions shared by the gateway and the twin: no I/O, no clock, time passed in."""
+
+from inferplane.policy._routing import RoundRobin
+
+__all__ = ["RoundRobin"]

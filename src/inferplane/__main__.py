@@ -1,0 +1,3 @@
+from inferplane.cli import app
+
+app(prog_name="inferplane")

@@ -1,0 +1,310 @@
+"""``inferplane``: one command, many verbs. Errors are one readable line, never a traceback."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inferplane import __version__
+
+app = typer.Typer(
+    name="inferplane",
+    help="Execution control for LLM inference fleets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+engine_app = typer.Typer(help="Model-server replicas.", no_args_is_help=True)
+config_app = typer.Typer(help="Check and show configuration.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (stored as SHA-256 digests).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: tables on screen, JSON on disk.", no_args_is_help=True)
+app.add_typer(engine_app, name="engine")
+app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file; the embedded default if omitted."),
+]
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Turn the errors users cause (bad config, unknown GPU...) into one line each."""
+    from inferplane.config import ConfigError
+    from inferplane.launcher import LaunchError
+
+    try:
+        return fn()
+    except (ConfigError, LaunchError, ValueError, OSError) as exc:
+        fail(str(exc))
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"inferplane {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """Execution control for LLM inference fleets: gateway, emulated engines, twin, planner."""
+
+
+# -- gateway ---------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Override gateway.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override gateway.port.")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Run the gateway in front of the backends named in the config."""
+    from inferplane.config import load_config
+    from inferplane.gateway import create_gateway_app
+    from inferplane.server import serve as run
+
+    cfg = _guard(lambda: load_config(config))
+    settings = cfg.gateway
+    run(create_gateway_app(cfg), host or settings.host, port or settings.port, log_level=log_level)
+
+
+@app.command()
+def up(
+    config: ConfigOption = None,
+    time_scale: Annotated[
+        float | None,
+        typer.Option(help="Run emulated replicas this many times faster than real time."),
+    ] = None,
+) -> None:
+    """Start the whole fleet of the config: emulated replicas plus the gateway. Ctrl-C stops all."""
+    from inferplane import launcher
+    from inferplane.config import load_config
+    from inferplane.gateway import create_gateway_app
+    from inferplane.server import serve as run
+
+    cfg = _guard(lambda: load_config(config))
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = cfg.data_dir / "logs"
+    children = []
+    try:
+        for backend, catalogue_model in launcher.emulated_backends(cfg):
+            if time_scale is not None:
+                backend = backend.model_copy(update={"time_scale": time_scale})
+            argv = launcher.emulator_command(backend, catalogue_model)
+            children.append(
+                launcher.start(
+                    f"engine-{backend.label.replace(':', '-')}", backend.url, argv, log_dir=log_dir
+                )
+            )
+        _guard(lambda: launcher.wait_healthy(children))
+        _print_fleet(cfg, children, log_dir)
+        run(create_gateway_app(cfg), cfg.gateway.host, cfg.gateway.port)
+    finally:
+        launcher.stop_all(children)
+        console.print("stopped.")
+
+
+def _print_fleet(cfg: object, children: list[object], log_dir: Path) -> None:
+    from inferplane.config import Config
+    from inferplane.launcher import Child
+
+    assert isinstance(cfg, Config)
+    table = Table(title="inferplane up", title_justify="left")
+    table.add_column("process")
+    table.add_column("url")
+    table.add_column("pid", justify="right")
+    for child in children:
+        assert isinstance(child, Child)
+        table.add_row(child.name, child.url, str(child.process.pid))
+    base = f"http://{cfg.gateway.host}:{cfg.gateway.port}"
+    table.add_row("gateway", base, "this")
+    console.print(table)
+    model = next(iter(cfg.models))
+    console.print(f"logs: {log_dir}   metrics: {base}/metrics   Ctrl-C stops everything.\n")
+    console.print("Try it:", style="bold")
+    console.print(
+        f"curl -s {base}/v1/chat/completions -H 'Authorization: Bearer sk-inferplane-demo' "
+        f"-H 'Content-Type: application/json' "
+        f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], """
+        f""""max_tokens": 32}}'""",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+# -- engines ---------------------------------------------------------------
+
+
+@engine_app.command("emulate")
+def engine_emulate(
+    gpu: Annotated[str, typer.Option(help="GPU from the catalogue, e.g. H100, A100, L4.")] = "H100",
+    model: Annotated[str, typer.Option(help="Model from the catalogue.")] = "llama-3.1-8b",
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.")] = 1,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    time_scale: Annotated[
+        float, typer.Option(help="Engine seconds per wall second (10 = ten times faster).")
+    ] = 1.0,
+    served_model_name: Annotated[str | None, typer.Option(help="Name clients use.")] = None,
+    max_num_seqs: Annotated[int, typer.Option(help="Max running sequences.")] = 256,
+    max_num_batched_tokens: Annotated[int, typer.Option(help="Token budget per step.")] = 8192,
+    kv_capacity_tokens: Annotated[
+        int | None, typer.Option(help="Override the KV cache size derived from memory.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve an emulated vLLM-like replica whose timing follows the performance model."""
+    from inferplane.engines import EmulatorSettings, EngineLimits, create_emulator_app
+    from inferplane.server import serve as run
+
+    def build() -> object:
+        limits = EngineLimits(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            kv_capacity_tokens=kv_capacity_tokens,
+        )
+        settings = EmulatorSettings(
+            gpu=gpu,
+            model=model,
+            tp=tp,
+            time_scale=time_scale,
+            served_model_name=served_model_name,
+            limits=limits,
+        )
+        return create_emulator_app(settings)
+
+    emulator = _guard(build)
+    run(emulator, host, port, log_level=log_level)  # type: ignore[arg-type]
+
+
+@app.command()
+def catalogue() -> None:
+    """List the GPUs and models the performance model knows."""
+    from inferplane.perf import GPUS, MODELS
+
+    gpus = Table(title="GPUs", title_justify="left")
+    for col in ("name", "BF16 TFLOP/s", "HBM TB/s", "memory GB", "link GB/s", "$/GPU-h"):
+        gpus.add_column(col, justify="left" if col == "name" else "right")
+    for g in GPUS.values():
+        gpus.add_row(
+            g.name,
+            f"{g.bf16_flops / 1e12:.0f}",
+            f"{g.hbm_bandwidth / 1e12:.2f}",
+            f"{g.memory_bytes / 1e9:.0f}",
+            f"{g.interconnect_bandwidth / 1e9:.0f}",
+            f"{g.price_per_hour:.2f}",
+        )
+    models = Table(title="Models", title_justify="left")
+    for col in ("name", "params B", "active B", "layers", "kv heads", "KV KiB/token", "context"):
+        models.add_column(col, justify="left" if col == "name" else "right")
+    for m in MODELS.values():
+        models.add_row(
+            m.name,
+            f"{m.num_params / 1e9:.1f}",
+            f"{m.num_active_params / 1e9:.1f}",
+            str(m.num_layers),
+            str(m.num_kv_heads),
+            f"{m.kv_bytes_per_token / 1024:.0f}",
+            str(m.max_context),
+        )
+    console.print(gpus)
+    console.print(models)
+
+
+# -- config and keys -----------------------------------------------------------
+
+
+@config_app.command("check")
+def config_check(path: Annotated[Path, typer.Argument(help="YAML config file.")]) -> None:
+    """Validate a config file; print every problem with its line."""
+    from inferplane.config import load_config
+
+    cfg = _guard(lambda: load_config(path))
+    backends = sum(len(m.backends) for m in cfg.models.values())
+    console.print(
+        f"{path}: ok ({len(cfg.models)} models, {backends} backends, {len(cfg.tenants)} tenants)"
+    )
+
+
+@config_app.command("default")
+def config_default() -> None:
+    """Print the embedded default config (a starting point for your own)."""
+    from inferplane.config import default_config_text
+
+    sys.stdout.write(default_config_text())
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Argument(help="A name for the key, e.g. ci-bot.")],
+) -> None:
+    """Make a new random API key; print it once and the digest to put in the config."""
+    from inferplane.gateway import hash_key
+
+    key = "sk-ip-" + secrets.token_urlsafe(32)
+    console.print(f"key (shown once): {key}", highlight=False)
+    console.print("config entry:", highlight=False)
+    console.print(f"  - name: {name}\n    sha256: {hash_key(key)}", highlight=False)
+
+
+@keys_app.command("hash")
+def keys_hash(key: Annotated[str, typer.Argument(help="The key to digest.")]) -> None:
+    """Print the SHA-256 digest of an existing key, for the config."""
+    from inferplane.gateway import hash_key
+
+    console.print(hash_key(key), highlight=False)
+
+
+# -- benchmarks ----------------------------------------------------------------
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    concurrency: Annotated[
+        list[int] | None, typer.Option("--concurrency", "-n", help="Repeat for several levels.")
+    ] = None,
+    duration: Annotated[float, typer.Option(help="Seconds of load per level and target.")] = 4.0,
+    output_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 16,
+    time_scale: Annotated[float, typer.Option(help="Emulated replica speed-up.")] = 1000.0,
+    out: Annotated[Path, typer.Option(help="JSON report path.")] = Path(
+        "bench-results/overhead.json"
+    ),
+) -> None:
+    """Gateway vs direct to the same replica, side by side: added latency and req/s."""
+    from inferplane.bench.overhead import run_overhead
+
+    levels = tuple(concurrency or (1, 16, 64, 200))
+    _guard(
+        lambda: run_overhead(
+            concurrencies=levels,
+            duration_s=duration,
+            output_tokens=output_tokens,
+            time_scale=time_scale,
+            out=out,
+        )
+    )
+    console.print(f"JSON: {out}")

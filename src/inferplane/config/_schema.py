@@ -1,0 +1,144 @@
+"""The configuration schema: one YAML file, every key validated, unknown keys refused."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ApiKey",
+    "Backend",
+    "Config",
+    "EngineKind",
+    "GatewaySettings",
+    "Model",
+    "Tenant",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+Name = Annotated[str, Field(pattern=_NAME)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineKind(StrEnum):
+    """What answers at a backend URL. ``emulated`` replicas are started by ``inferplane up``."""
+
+    EMULATED = "emulated"
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    TGI = "tgi"
+    LLAMACPP = "llamacpp"
+    OPENAI = "openai"  # any OpenAI-compatible URL
+
+
+class GatewaySettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    # Waiting for response headers and between two chunks of a stream.
+    read_timeout_s: float = Field(300.0, gt=0)
+    # A backend that refused a connection is skipped for this long.
+    backend_cooldown_s: float = Field(5.0, ge=0)
+    max_connections_per_backend: int = Field(1024, ge=1)
+
+
+class Backend(_Strict):
+    url: str
+    engine: EngineKind = EngineKind.OPENAI
+    name: Name | None = None  # defaults to host:port
+    model: str | None = None  # the name the backend serves; defaults to the logical name
+    gpu: str | None = None  # catalogue name; required for emulated backends
+    tp: int = Field(1, ge=1, le=64)
+    price_per_hour: float | None = Field(None, ge=0)
+    api_key_env: str | None = None  # environment variable holding the backend's key
+    time_scale: float = Field(1.0, gt=0)  # emulated only: engine seconds per wall second
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL with a host, got {url!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _emulated_needs_gpu(self) -> Backend:
+        if self.engine is EngineKind.EMULATED and self.gpu is None:
+            raise ValueError("an emulated backend needs 'gpu' (e.g. H100)")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+class Model(_Strict):
+    backends: list[Backend] = Field(min_length=1)
+    # Catalogue model the backends run (for the perf model); defaults to the logical name.
+    catalogue: str | None = None
+
+
+class ApiKey(_Strict):
+    name: Name
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be the 64 lowercase hex digits of a SHA-256 digest")
+        return value
+
+
+class Tenant(_Strict):
+    keys: list[ApiKey] = Field(default_factory=list)
+    # Logical models this tenant may call; None allows all.
+    models: list[Name] | None = None
+
+
+class Config(_Strict):
+    gateway: GatewaySettings = GatewaySettings()
+    data_dir: Path = Path(".inferplane")
+    admin_key_sha256: str | None = None
+    models: dict[Name, Model] = Field(min_length=1)
+    tenants: dict[Name, Tenant] = Field(default_factory=dict)
+
+    @field_validator("admin_key_sha256")
+    @classmethod
+    def _admin_digest(cls, value: str | None) -> str | None:
+        return None if value is None else ApiKey._hex_digest(value)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        seen: dict[str, str] = {}
+        for tenant_name, tenant in self.tenants.items():
+            for key in tenant.keys:
+                if key.sha256 in seen:
+                    raise ValueError(
+                        f"API key {key.name!r} of tenant {tenant_name!r} is also "
+                        f"{seen[key.sha256]!r}: every key must be distinct"
+                    )
+                seen[key.sha256] = f"{key.name} ({tenant_name})"
+        for tenant_name, tenant in self.tenants.items():
+            unknown = sorted(set(tenant.models or ()) - set(self.models))
+            if unknown:
+                raise ValueError(f"tenant {tenant_name!r} allows unknown models {unknown}")
+        for name, model in self.models.items():
+            labels = [b.label for b in model.backends]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"model {name!r} lists the same backend twice")
+        return self

@@ -1,0 +1,328 @@
+"""An OpenAI-compatible server whose timing is an emulated GPU replica (vLLM-like).
+
+It answers like vLLM: same routes, same streaming chunks, same error bodies and
+same ``/metrics`` names; tokens are deterministic filler text and arrive when
+the :class:`EngineCore` says the modelled GPU would have produced them.
+
+vLLM extensions honoured: ``ignore_eos`` (generate exactly ``max_tokens``).
+Without it the natural length of an answer is a deterministic function of
+the prompt (``natural_output_tokens``), capped by ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from inferplane.engines._core import EngineCore, EngineLimits, EngineRequest
+from inferplane.engines._live import LiveEngine, Stream
+from inferplane.engines._metrics import EngineMetrics
+from inferplane.perf import (
+    PerfModel,
+    count_chat_tokens,
+    count_text_tokens,
+    filler_text,
+    get_gpu,
+    get_model,
+    text_seed,
+)
+from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, sse_data
+
+__all__ = ["EmulatorSettings", "create_emulator_app", "natural_output_tokens"]
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    gpu: str = "H100"
+    model: str = "llama-3.1-8b"
+    tp: int = 1
+    time_scale: float = 1.0
+    served_model_name: str | None = None  # defaults to the catalogue name
+    limits: EngineLimits = field(default_factory=EngineLimits)
+
+
+def natural_output_tokens(seed: int) -> int:
+    """Length an answer has when nothing caps it: 16..527 tokens, fixed per prompt."""
+    return 16 + seed % 512
+
+
+class _Emulator:
+    def __init__(self, settings: EmulatorSettings) -> None:
+        spec = get_model(settings.model)
+        self.perf = PerfModel(get_gpu(settings.gpu), spec, tp=settings.tp)
+        self.spec = spec
+        self.name = settings.served_model_name or spec.name
+        self.aliases = {self.name, spec.name, spec.hf_id}
+        core = EngineCore(self.perf, settings.limits)
+        self.metrics = EngineMetrics(core, self.name)
+        self.engine = LiveEngine(core, settings.time_scale, self._on_token, self._on_finish)
+
+    def _on_token(self, stream: Stream, t: float, num_tokens: int) -> None:
+        if stream.last_token_time is None:
+            self.metrics.ttft.observe(t - stream.arrival)
+        else:
+            self.metrics.itl.observe((t - stream.last_token_time) / num_tokens)
+        self.metrics.generation_tokens.inc(num_tokens)
+
+    def _on_finish(self, stream: Stream, t: float) -> None:
+        self.metrics.e2e.observe(t - stream.arrival)
+
+    # -- requests ----------------------------------------------------------
+
+    def _check_model(self, body: dict[str, Any]) -> None:
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise OpenAIError(
+                400, "'model' is required and must be a string", "invalid_value", param="model"
+            )
+        if model not in self.aliases:
+            raise OpenAIError(
+                404, f"The model `{model}` does not exist.", "model_not_found", param="model"
+            )
+
+    def _plan(self, body: dict[str, Any], num_prompt_tokens: int, seed: int) -> tuple[int, str]:
+        """Output length and finish reason for a request."""
+        if body.get("n", 1) != 1:
+            raise OpenAIError(
+                400, "the emulated engine supports n=1 only", "invalid_value", param="n"
+            )
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        room = self.spec.max_context - num_prompt_tokens
+        if max_tokens is None:
+            max_tokens = room
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise OpenAIError(
+                400, "max_tokens must be a positive integer", "invalid_value", param="max_tokens"
+            )
+        if max_tokens > room:
+            raise OpenAIError(
+                400,
+                f"This model's maximum context length is {self.spec.max_context} tokens. "
+                f"However, you requested {num_prompt_tokens + max_tokens} tokens "
+                f"({num_prompt_tokens} in the messages, {max_tokens} in the completion).",
+                "context_length_exceeded",
+                param="max_tokens",
+            )
+        natural = max_tokens if body.get("ignore_eos") else natural_output_tokens(seed)
+        if natural >= max_tokens:
+            return max_tokens, "length"
+        return natural, "stop"
+
+    def _submit(self, num_prompt_tokens: int, num_output_tokens: int) -> Stream:
+        rid = uuid.uuid4().hex
+        try:
+            stream = self.engine.submit(EngineRequest(rid, num_prompt_tokens, num_output_tokens))
+        except ValueError as exc:  # larger than the whole KV cache
+            raise OpenAIError(400, str(exc), "context_length_exceeded") from exc
+        self.metrics.prompt_tokens.inc(num_prompt_tokens)
+        return stream
+
+    async def chat(self, request: Request) -> Response:
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: Request, *, chat: bool) -> Response:
+        body = await _json_body(request)
+        self._check_model(body)
+        if chat:
+            messages = body.get("messages")
+            if (
+                not isinstance(messages, list)
+                or not messages
+                or not all(isinstance(m, dict) for m in messages)
+            ):
+                raise OpenAIError(
+                    400,
+                    "'messages' must be a non-empty array of objects",
+                    "invalid_value",
+                    param="messages",
+                )
+            num_prompt = count_chat_tokens(messages)
+            seed = text_seed(orjson.dumps(messages).decode())
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+                num_prompt, seed = len(prompt), text_seed(str(prompt))
+            elif isinstance(prompt, str) and prompt:
+                num_prompt, seed = count_text_tokens(prompt), text_seed(prompt)
+            else:
+                raise OpenAIError(
+                    400,
+                    "'prompt' must be a non-empty string or token array",
+                    "invalid_value",
+                    param="prompt",
+                )
+        num_output, finish = self._plan(body, num_prompt, seed)
+        stream = self._submit(max(num_prompt, 1), num_output)
+        reply = _Reply(self.name, chat, num_prompt, seed)
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            return StreamingResponse(
+                self._stream(stream, reply, finish, include_usage),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+            )
+        try:
+            while (n := await stream.queue.get()) is not None:
+                reply.num_output += n
+        finally:
+            self._cancel_unfinished(stream)
+        self.metrics.success(finish)
+        return Response(orjson.dumps(reply.whole(finish)), media_type="application/json")
+
+    async def _stream(
+        self, stream: Stream, reply: _Reply, finish: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        try:
+            if reply.chat:
+                yield sse_data(reply.chunk({"role": "assistant", "content": ""}, None))
+            while (n := await stream.queue.get()) is not None:
+                yield sse_data(reply.delta(n, None))
+            yield sse_data(reply.delta(0, finish))
+            if include_usage:
+                yield sse_data(reply.usage_chunk())
+            yield DONE
+            self.metrics.success(finish)
+        finally:
+            self._cancel_unfinished(stream)
+
+    def _cancel_unfinished(self, stream: Stream) -> None:
+        # The client went away before the end: free the replica's KV cache, as vLLM aborts.
+        if stream.request.request_id in self.engine.core:
+            self.engine.cancel(stream.request.request_id)
+
+    async def models(self, request: Request) -> Response:
+        card = {
+            "id": self.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "inferplane",
+            "root": self.spec.hf_id,
+            "max_model_len": self.spec.max_context,
+        }
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def health(self, request: Request) -> Response:
+        return Response(b"", status_code=200)
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _Reply:
+    """Builds the response objects of one request; text is filler seeded by the prompt."""
+
+    __slots__ = ("chat", "created", "id", "model", "num_output", "num_prompt", "seed")
+
+    def __init__(self, model: str, chat: bool, num_prompt: int, seed: int) -> None:
+        self.model = model
+        self.chat = chat
+        self.num_prompt = num_prompt
+        self.seed = seed
+        self.num_output = 0
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+
+    def _envelope(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
+        obj = "chat.completion" if self.chat else "text_completion"
+        if chunk and self.chat:
+            obj = "chat.completion.chunk"
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
+        if self.chat:
+            choice["delta"] = delta
+        else:
+            choice["text"] = delta.get("content", "")
+        return self._envelope([choice], chunk=True)
+
+    def delta(self, num_tokens: int, finish: str | None) -> dict[str, Any]:
+        text = "".join(filler_text(self.seed, self.num_output, num_tokens))
+        self.num_output += num_tokens
+        return self.chunk({"content": text} if num_tokens else {}, finish)
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.num_prompt,
+            "completion_tokens": self.num_output,
+            "total_tokens": self.num_prompt + self.num_output,
+        }
+
+    def usage_chunk(self) -> dict[str, Any]:
+        return {**self._envelope([], chunk=True), "usage": self.usage()}
+
+    def whole(self, finish: str) -> dict[str, Any]:
+        text = "".join(filler_text(self.seed, 0, self.num_output))
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return {**self._envelope([choice], chunk=False), "usage": self.usage()}
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise OpenAIError(400, f"request body is not valid JSON: {exc}", "invalid_json") from exc
+    if not isinstance(body, dict):
+        raise OpenAIError(400, "request body must be a JSON object", "invalid_json")
+    return body
+
+
+async def _openai_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OpenAIError)
+    return Response(
+        exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
+    )
+
+
+def create_emulator_app(settings: EmulatorSettings) -> Starlette:
+    """The ASGI app of one emulated replica; its engine loop runs for the app's lifespan."""
+    emulator = _Emulator(settings)
+    disable_created_metrics()  # the *_created series only add noise to every scrape
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await emulator.engine.start()
+        try:
+            yield
+        finally:
+            await emulator.engine.stop()
+
+    routes = [
+        Route("/v1/chat/completions", emulator.chat, methods=["POST"]),
+        Route("/v1/completions", emulator.completions, methods=["POST"]),
+        Route("/v1/models", emulator.models, methods=["GET"]),
+        Route("/health", emulator.health, methods=["GET"]),
+        Route("/metrics", emulator.prometheus, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={OpenAIError: _openai_error}
+    )
+    app.state.emulator = emulator
+    return app

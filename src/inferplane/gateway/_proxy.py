@@ -1,0 +1,294 @@
+"""Forwarding one OpenAI request to a backend and relaying the answer, streamed or whole.
+
+Guarantees: the client always gets either the backend's answer or an OpenAI
+error (before the first byte) or a final SSE error event (after it); it never
+hangs past the read timeout; a backend that refuses connections is skipped and
+the next one tried, which is safe because nothing reached it. Usage is always
+measured: for streams the gateway asks the backend for the usage chunk and
+hides it again when the client did not ask for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from inferplane.config import Backend, Model
+from inferplane.gateway._upstream import (
+    Upstream,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+from inferplane.perf import count_text_tokens
+from inferplane.policy import RoundRobin
+from inferplane.telemetry import GatewayMetrics
+from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, error_event
+
+__all__ = ["ModelRoute", "Proxy"]
+
+log = logging.getLogger("inferplane.gateway")
+
+
+@dataclass
+class ModelRoute:
+    """A logical model: its backends and the policy choosing between them."""
+
+    name: str
+    backends: list[Backend]
+    router: RoundRobin
+    auth_headers: list[dict[str, str]]
+
+    @classmethod
+    def from_config(cls, name: str, model: Model, cooldown_s: float) -> ModelRoute:
+        headers = []
+        for backend in model.backends:
+            h = {"content-type": "application/json"}
+            if backend.api_key_env and (secret := os.environ.get(backend.api_key_env)):
+                h["authorization"] = f"Bearer {secret}"
+            headers.append(h)
+        return cls(name, model.backends, RoundRobin(len(model.backends), cooldown_s), headers)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the relay learned about one request, for metrics and (later) the ledger."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    ttft_s: float | None = None
+    error_type: str | None = None
+
+
+class Proxy:
+    def __init__(self, upstream: Upstream, metrics: GatewayMetrics) -> None:
+        self.upstream = upstream
+        self.metrics = metrics
+
+    async def forward(
+        self,
+        route: ModelRoute,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        labels: tuple[str, str, str],
+    ) -> Response:
+        t0 = time.perf_counter()
+        self.metrics.started(route.name)
+        outcome = _Outcome()
+        streamed = False
+        try:
+            stream = body.get("stream") is True
+            hide_usage = False
+            if stream:
+                options = body.get("stream_options")
+                if not (isinstance(options, dict) and options.get("include_usage") is True):
+                    hide_usage = True
+                    body["stream_options"] = {**(options or {}), "include_usage": True}
+            resp, backend = await self._send(route, path, body, raw, rewrite=hide_usage)
+            if resp.status >= 400:
+                raise await _upstream_refusal(resp, backend)
+            if stream and resp.content_type == "text/event-stream":
+                streamed = True
+                relay = self._relay(resp, outcome, hide_usage, labels, t0)
+                return StreamingResponse(relay, media_type="text/event-stream", headers=SSE_HEADERS)
+            payload = await resp.read()
+            _read_usage(payload, outcome)
+            return Response(payload, media_type=resp.content_type or "application/json")
+        except OpenAIError as exc:
+            outcome.error_type = exc.code
+            raise
+        except UpstreamError as exc:
+            outcome.error_type = (
+                "upstream_timeout"
+                if isinstance(exc, UpstreamTimeout)
+                else ("upstream_disconnected")
+            )
+            raise _as_refusal(exc) from exc
+        finally:
+            if not streamed:
+                self.metrics.finished(
+                    labels,
+                    time.perf_counter() - t0,
+                    ttft_s=outcome.ttft_s,
+                    input_tokens=outcome.input_tokens,
+                    output_tokens=outcome.output_tokens,
+                    error_type=outcome.error_type,
+                )
+
+    async def _send(
+        self, route: ModelRoute, path: str, body: dict[str, Any], raw: bytes, *, rewrite: bool
+    ) -> tuple[UpstreamResponse, Backend]:
+        """POST to the first backend that accepts a connection."""
+        tried: set[int] = set()
+        last: UpstreamConnectError | None = None
+        while (i := route.router.choose(time.monotonic(), frozenset(tried))) is not None:
+            tried.add(i)
+            backend = route.backends[i]
+            payload = raw
+            upstream_model = backend.model or route.name
+            if rewrite or body.get("model") != upstream_model:
+                payload = orjson.dumps({**body, "model": upstream_model})
+            try:
+                resp = await self.upstream.post(backend.url + path, payload, route.auth_headers[i])
+            except UpstreamConnectError as exc:
+                route.router.record_failure(i, time.monotonic())
+                log.warning("backend %s of %s: %s", backend.label, route.name, exc)
+                last = exc
+                continue
+            route.router.record_success(i)
+            return resp, backend
+        raise OpenAIError(
+            502,
+            f"No backend of model '{route.name}' accepted a connection: {last}",
+            "upstream_unreachable",
+        )
+
+    async def _relay(
+        self,
+        resp: UpstreamResponse,
+        outcome: _Outcome,
+        hide_usage: bool,
+        labels: tuple[str, str, str],
+        t0: float,
+    ) -> AsyncIterator[bytes]:
+        """Pass SSE events through as they come, watching usage and the first token."""
+        counted_text = 0  # fallback when the backend sends no usage chunk
+        done = False
+        event: list[bytes] = []
+        try:
+            async for line in resp.lines():
+                if line.strip():
+                    event.append(line)
+                    continue
+                if not event:
+                    continue
+                data = b"".join(ev[5:].strip() for ev in event if ev.startswith(b"data:"))
+                raw_event, event = b"".join(event) + b"\n", []
+                if data == b"[DONE]":
+                    done = True
+                    yield DONE
+                    break
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    outcome.error_type = "upstream_malformed_stream"
+                    yield error_event(
+                        "The model server sent a malformed stream event.",
+                        "upstream_malformed_stream",
+                    )
+                    return
+                if not isinstance(chunk, dict):
+                    continue
+                if "error" in chunk:
+                    outcome.error_type = "upstream_error"
+                    yield raw_event
+                    return
+                usage = chunk.get("usage")
+                if isinstance(usage, dict):
+                    _take_usage(usage, outcome)
+                choices = chunk.get("choices")
+                if choices:
+                    text = _delta_text(choices[0])
+                    if text:
+                        counted_text += count_text_tokens(text)
+                        if outcome.ttft_s is None:
+                            outcome.ttft_s = time.perf_counter() - t0
+                elif hide_usage and usage is not None:
+                    continue  # the usage chunk we asked for on the client's behalf
+                yield raw_event
+            if not done:
+                outcome.error_type = "upstream_incomplete_stream"
+                yield error_event(
+                    "The model server ended the stream before it was complete.",
+                    "upstream_incomplete_stream",
+                )
+        except UpstreamError as exc:
+            outcome.error_type = (
+                "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_disconnected"
+            )
+            yield error_event(f"The model server failed mid-stream: {exc}", outcome.error_type)
+        except asyncio.CancelledError:
+            outcome.error_type = "client_disconnected"
+            raise
+        finally:
+            resp.close()
+            if outcome.output_tokens is None and counted_text:
+                outcome.output_tokens = counted_text
+            self.metrics.finished(
+                labels,
+                time.perf_counter() - t0,
+                ttft_s=outcome.ttft_s,
+                input_tokens=outcome.input_tokens,
+                output_tokens=outcome.output_tokens,
+                error_type=outcome.error_type,
+            )
+
+
+def _delta_text(choice: Any) -> str:
+    if not isinstance(choice, dict):
+        return ""
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        content = delta.get("content")
+        return content if isinstance(content, str) else ""
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def _take_usage(usage: dict[str, Any], outcome: _Outcome) -> None:
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int):
+        outcome.input_tokens = prompt
+    if isinstance(completion, int):
+        outcome.output_tokens = completion
+
+
+def _read_usage(payload: bytes, outcome: _Outcome) -> None:
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        outcome.error_type = "upstream_malformed_response"
+        raise OpenAIError(
+            502, "The model server sent a response that is not JSON.", "upstream_malformed_response"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+        _take_usage(obj["usage"], outcome)
+
+
+async def _upstream_refusal(resp: UpstreamResponse, backend: Backend) -> OpenAIError:
+    """A backend's 4xx is the client's fault: pass it on. Its 5xx is ours: 502."""
+    payload = await resp.read()
+    message = payload[:500].decode(errors="replace")
+    code = "upstream_error"
+    try:
+        error = orjson.loads(payload).get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message", message))
+            code = str(error.get("code") or code)
+        elif isinstance(error, str):
+            message = error
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    if resp.status >= 500:
+        return OpenAIError(
+            502, f"Model server {backend.label} failed ({resp.status}): {message}", "upstream_error"
+        )
+    return OpenAIError(resp.status, message, code)
+
+
+def _as_refusal(exc: UpstreamError) -> OpenAIError:
+    if isinstance(exc, UpstreamTimeout):
+        return OpenAIError(
+            504, f"The model server did not answer in time: {exc}", "upstream_timeout"
+        )
+    return OpenAIError(502, f"The model server connection failed: {exc}", "upstream_disconnected")
