@@ -175,6 +175,10 @@ def engine_emulate(
     kv_capacity_tokens: Annotated[
         int | None, typer.Option(help="Override the KV cache size derived from memory.")
     ] = None,
+    error_rate: Annotated[
+        float, typer.Option(help="Fault injection: fraction of requests answered with HTTP 500.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the fault injection.")] = 0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve an emulated vLLM-like replica whose timing follows the performance model."""
@@ -194,6 +198,8 @@ def engine_emulate(
             time_scale=time_scale,
             served_model_name=served_model_name,
             limits=limits,
+            error_rate=error_rate,
+            seed=seed,
         )
         return create_emulator_app(settings)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ __all__ = [
     "LaunchError",
     "emulated_backends",
     "emulator_command",
+    "free_port",
     "start",
     "stop_all",
     "wait_healthy",
@@ -48,6 +50,14 @@ class Child:
         if self.process.poll() is None:
             self.process.send_signal(sig)
             self.process.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS just handed out; free unless someone takes it before we bind."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _die_with_parent() -> None:

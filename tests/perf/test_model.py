@@ -268,13 +268,14 @@ def test_step_time_is_monotone_in_every_field(
     index: int, shape: StepShape, field: str, delta: int
 ) -> None:
     model = MODELS_UNDER_TEST[index]
-    grown = dataclasses.replace(shape, **{field: getattr(shape, field) + delta})
+    changes: dict[str, float] = {field: getattr(shape, field) + delta}
     # Pairs and context need tokens that carry them: grow those too when missing, so the
-    # grown shape stays valid and is still larger in every field.
+    # grown shape stays valid and is still no smaller in any field.
     if field in ("prefill_attention_pairs", "num_prefill_context_tokens"):
-        grown = dataclasses.replace(grown, num_prefill_tokens=max(1, grown.num_prefill_tokens))
+        changes["num_prefill_tokens"] = max(1, shape.num_prefill_tokens)
     if field == "num_decode_context_tokens":
-        grown = dataclasses.replace(grown, num_decode_seqs=max(1, grown.num_decode_seqs))
+        changes["num_decode_seqs"] = max(1, shape.num_decode_seqs)
+    grown = dataclasses.replace(shape, **changes)  # type: ignore[arg-type]
     assert model.step_time(grown) >= model.step_time(shape)
 
 

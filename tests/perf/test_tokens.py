@@ -46,6 +46,16 @@ def test_known_counts(text: str, expected: int) -> None:
     assert count_text_tokens(text) == expected
 
 
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(max_size=200))
+def test_every_byte_is_counted_once(text: str) -> None:
+    # Pieces cover the text without overlap, so the count lies between the text's
+    # bytes / 4 (one big piece) and its bytes (one-byte pieces).
+    num_bytes = len(text.encode("utf-8"))
+    assert -(-num_bytes // 4) <= count_text_tokens(text) <= num_bytes
+    assert (count_text_tokens(text) == 0) == (text == "")
+
+
 def test_counts_scale_like_four_characters_per_token() -> None:
     # 1000 copies of " abc" (4 chars, one piece each) -> exactly 1000 tokens
     assert count_text_tokens(" abc" * 1000) == 1000

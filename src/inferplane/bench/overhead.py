@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -29,13 +28,6 @@ from inferplane.bench._loadgen import LoadResult, run_load
 __all__ = ["OverheadCase", "run_overhead"]
 
 _KEY = "sk-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -102,7 +94,7 @@ def run_overhead(
     echo: Any = print,
 ) -> list[dict[str, Any]]:
     """Run the benchmark; returns the table rows and writes them as JSON to ``out``."""
-    upstream_port, gateway_port = free_port(), free_port()
+    upstream_port, gateway_port = launcher.free_port(), launcher.free_port()
     workdir = Path(tempfile.mkdtemp(prefix="inferplane-bench-"))
     config_path = workdir / "gateway.yaml"
     config_path.write_text(_gateway_config(upstream_port, gateway_port))

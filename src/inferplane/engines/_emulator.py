@@ -11,6 +11,7 @@ the prompt (``natural_output_tokens``), capped by ``max_tokens``.
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -50,6 +51,14 @@ class EmulatorSettings:
     time_scale: float = 1.0
     served_model_name: str | None = None  # defaults to the catalogue name
     limits: EngineLimits = field(default_factory=EngineLimits)
+    # Fault injection: this fraction of generation requests gets an HTTP 500, chosen by a
+    # seeded generator so a run is repeatable. For failover and ejection tests.
+    error_rate: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"error_rate must be within [0, 1], got {self.error_rate}")
 
 
 def natural_output_tokens(seed: int) -> int:
@@ -67,6 +76,8 @@ class _Emulator:
         core = EngineCore(self.perf, settings.limits)
         self.metrics = EngineMetrics(core, self.name)
         self.engine = LiveEngine(core, settings.time_scale, self._on_token, self._on_finish)
+        self.error_rate = settings.error_rate
+        self._faults = random.Random(settings.seed)
 
     def _on_token(self, stream: Stream, t: float, num_tokens: int) -> None:
         if stream.last_token_time is None:
@@ -135,6 +146,8 @@ class _Emulator:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: Request, *, chat: bool) -> Response:
+        if self.error_rate and self._faults.random() < self.error_rate:
+            raise OpenAIError(500, "injected fault (--error-rate)", "injected_fault")
         body = await _json_body(request)
         self._check_model(body)
         if chat:

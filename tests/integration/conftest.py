@@ -1,0 +1,111 @@
+"""Real processes on loopback: emulated replicas and gateways, started as users start them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from inferplane import launcher
+from inferplane.gateway import hash_key
+
+KEY = "sk-test-tenant-a"
+KEY_B = "sk-test-tenant-b"
+ADMIN_KEY = "sk-test-admin"
+MODEL = "llama-3.1-8b"
+
+StartEmulator = Callable[..., launcher.Child]
+StartGateway = Callable[..., launcher.Child]
+
+
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[launcher.Child]]:
+    """Every child a module starts; all stopped at the end of the module."""
+    children: list[launcher.Child] = []
+    yield children
+    launcher.stop_all(children)
+
+
+@pytest.fixture(scope="module")
+def start_emulator(
+    processes: list[launcher.Child], tmp_path_factory: pytest.TempPathFactory
+) -> StartEmulator:
+    log_dir = tmp_path_factory.mktemp("logs")
+
+    def start(*extra: str, time_scale: float = 20.0) -> launcher.Child:
+        port = launcher.free_port()
+        argv = [sys.executable, "-m", "inferplane", "engine", "emulate", "--port", str(port),
+                "--time-scale", str(time_scale), *extra]
+        child = launcher.start(f"engine-{port}", f"http://127.0.0.1:{port}", argv,
+                               log_dir=log_dir)
+        processes.append(child)
+        launcher.wait_healthy([child])
+        return child
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def start_gateway(
+    processes: list[launcher.Child], tmp_path_factory: pytest.TempPathFactory
+) -> StartGateway:
+    """Start a gateway whose one model is served by ``backend_urls``."""
+    workdir = tmp_path_factory.mktemp("gateway")
+
+    def start(backend_urls: list[str], extra_yaml: str = "") -> launcher.Child:
+        port = launcher.free_port()
+        backends = "\n".join(f"      - url: {url}\n        engine: vllm" for url in backend_urls)
+        config = workdir / f"gateway-{port}.yaml"
+        config.write_text(
+            f"""
+gateway:
+  port: {port}
+  read_timeout_s: 3
+  max_body_bytes: 65536
+  backend_cooldown_s: 30
+admin_key_sha256: {hash_key(ADMIN_KEY)}
+models:
+  {MODEL}:
+    backends:
+{backends}
+tenants:
+  tenant-a:
+    keys: [{{name: a, sha256: {hash_key(KEY)}}}]
+  tenant-b:
+    keys: [{{name: b, sha256: {hash_key(KEY_B)}}}]
+    models: []
+{extra_yaml}"""
+        )
+        argv = [sys.executable, "-m", "inferplane", "serve", "--config", str(config)]
+        child = launcher.start(f"gateway-{port}", f"http://127.0.0.1:{port}", argv,
+                               log_dir=workdir)
+        processes.append(child)
+        launcher.wait_healthy([child])
+        return child
+
+    return start
+
+
+_clients: list[openai.OpenAI] = []
+
+
+def client(base_url: str, key: str = KEY) -> openai.OpenAI:
+    """An official client with retries off, so every failure is seen as it is."""
+    c = openai.OpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0, timeout=15)
+    _clients.append(c)
+    return c
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def log_text(child: launcher.Child) -> str:
+    assert child.log_path is not None
+    return Path(child.log_path).read_text()

@@ -1,0 +1,188 @@
+"""The gateway in front of real emulated replicas, driven by the official openai client."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import openai
+import pytest
+
+from inferplane import launcher
+from inferplane.perf import count_text_tokens
+
+from .conftest import ADMIN_KEY, KEY, KEY_B, MODEL, StartEmulator, StartGateway, client
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fleet(start_emulator: StartEmulator, start_gateway: StartGateway) -> launcher.Child:
+    replicas = [start_emulator(), start_emulator()]
+    return start_gateway([r.url for r in replicas])
+
+
+def test_chat_completion_returns_text_and_exact_usage(fleet: launcher.Child) -> None:
+    reply = client(fleet.url).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=12,
+        extra_body={"ignore_eos": True},
+    )
+    text = reply.choices[0].message.content
+    assert text and count_text_tokens(text) == 12
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 12
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 12
+
+
+def test_stream_with_include_usage_ends_with_the_usage_chunk(fleet: launcher.Child) -> None:
+    stream = client(fleet.url).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count to ten."}],
+        max_tokens=20,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert count_text_tokens(text) == 20
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 20
+
+
+def _output_tokens_recorded(base_url: str) -> float:
+    metrics = httpx.get(base_url + "/metrics").text
+    pattern = r'gen_ai_client_token_usage_sum\{[^}]*gen_ai_token_type="output"[^}]*\} (\S+)'
+    return sum(float(v) for v in re.findall(pattern, metrics))
+
+
+def test_stream_without_include_usage_hides_usage_but_still_records_it(
+    fleet: launcher.Child,
+) -> None:
+    before = _output_tokens_recorded(fleet.url)
+    stream = client(fleet.url).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=7,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)
+    assert _output_tokens_recorded(fleet.url) == before + 7
+
+
+def test_text_completion(fleet: launcher.Child) -> None:
+    reply = client(fleet.url).completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=5, extra_body={"ignore_eos": True}
+    )
+    assert count_text_tokens(reply.choices[0].text) == 5
+    assert reply.usage is not None and reply.usage.prompt_tokens == count_text_tokens(
+        "Once upon a time"
+    )
+
+
+def test_models_lists_the_logical_models(fleet: launcher.Child) -> None:
+    assert [m.id for m in client(fleet.url).models.list()] == [MODEL]
+
+
+def test_wrong_key_is_401_and_missing_key_too(fleet: launcher.Child) -> None:
+    with pytest.raises(openai.AuthenticationError) as bad:
+        client(fleet.url, key="sk-not-a-key").models.list()
+    assert bad.value.code == "invalid_api_key"
+    resp = httpx.post(fleet.url + "/v1/chat/completions", json={"model": MODEL})
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "missing_api_key"
+
+
+def test_model_not_allowed_for_tenant_is_403(fleet: launcher.Child) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        client(fleet.url, key=KEY_B).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+        )
+    assert denied.value.code == "model_not_allowed"
+    assert client(fleet.url, key=KEY_B).models.list().data == []
+
+
+def test_admin_key_may_use_every_model(fleet: launcher.Child) -> None:
+    reply = client(fleet.url, key=ADMIN_KEY).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 1
+
+
+def test_unknown_model_is_404_with_model_not_found(fleet: launcher.Child) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        client(fleet.url).chat.completions.create(
+            model="gpt-9", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert missing.value.code == "model_not_found"
+    assert "llama-3.1-8b" in missing.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"{not json", "invalid_json"), (b"[1, 2]", "invalid_json"), (b'{"stream": true}',
+                                                                    "missing_model")],
+)
+def test_malformed_requests_are_400_in_openai_format(
+    fleet: launcher.Child, body: bytes, code: str
+) -> None:
+    resp = httpx.post(
+        fleet.url + "/v1/chat/completions",
+        content=body,
+        headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    )
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert error["code"] == code
+    assert error["type"] == "invalid_request_error"
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_oversized_body_is_413(fleet: launcher.Child) -> None:
+    with pytest.raises(openai.APIStatusError) as too_big:
+        client(fleet.url).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x" * 100_000}], max_tokens=1
+        )
+    assert too_big.value.status_code == 413
+    assert too_big.value.code == "request_too_large"
+
+
+def test_upstream_4xx_passes_through(fleet: launcher.Child) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client(fleet.url).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=10**7
+        )
+    assert bad.value.code == "context_length_exceeded"
+
+
+def test_every_response_carries_a_request_id(fleet: launcher.Child) -> None:
+    ok = httpx.get(fleet.url + "/health")
+    refused = httpx.get(fleet.url + "/v1/models")
+    echoed = httpx.get(fleet.url + "/health", headers={"x-request-id": "trace-42"})
+    assert re.fullmatch(r"[0-9a-f]{32}", ok.headers["x-request-id"])
+    assert refused.status_code == 401 and refused.headers["x-request-id"]
+    assert echoed.headers["x-request-id"] == "trace-42"
+
+
+def test_gateway_metrics_use_genai_names(fleet: launcher.Child) -> None:
+    stream = client(fleet.url).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True
+    )
+    assert list(stream)
+    metrics = httpx.get(fleet.url + "/metrics").text
+    for name in (
+        "gen_ai_client_token_usage_bucket",
+        "gen_ai_server_time_to_first_token_bucket",
+        "gen_ai_server_time_per_output_token_bucket",
+        "gen_ai_server_request_duration_bucket",
+        "inferplane_requests_in_flight",
+    ):
+        assert name in metrics, name
+    assert 'gen_ai_token_type="input"' in metrics
+    assert 'tenant="tenant-a"' in metrics
