@@ -23,5 +23,7 @@ def serve(app: ASGIApp, host: str, port: int, *, log_level: str = "warning") -> 
         # Client keep-alive well above typical SDK pool idle times.
         timeout_keep_alive=30,
         backlog=4096,
+        # No reverse proxy in front by default: skip parsing X-Forwarded-* on every request.
+        proxy_headers=False,
     )
     uvicorn.Server(config).run()

@@ -37,10 +37,19 @@ def start_emulator(
 
     def start(*extra: str, time_scale: float = 20.0) -> launcher.Child:
         port = launcher.free_port()
-        argv = [sys.executable, "-m", "inferplane", "engine", "emulate", "--port", str(port),
-                "--time-scale", str(time_scale), *extra]
-        child = launcher.start(f"engine-{port}", f"http://127.0.0.1:{port}", argv,
-                               log_dir=log_dir)
+        argv = [
+            sys.executable,
+            "-m",
+            "inferplane",
+            "engine",
+            "emulate",
+            "--port",
+            str(port),
+            "--time-scale",
+            str(time_scale),
+            *extra,
+        ]
+        child = launcher.start(f"engine-{port}", f"http://127.0.0.1:{port}", argv, log_dir=log_dir)
         processes.append(child)
         launcher.wait_healthy([child])
         return child
@@ -80,8 +89,7 @@ tenants:
 {extra_yaml}"""
         )
         argv = [sys.executable, "-m", "inferplane", "serve", "--config", str(config)]
-        child = launcher.start(f"gateway-{port}", f"http://127.0.0.1:{port}", argv,
-                               log_dir=workdir)
+        child = launcher.start(f"gateway-{port}", f"http://127.0.0.1:{port}", argv, log_dir=workdir)
         processes.append(child)
         launcher.wait_healthy([child])
         return child

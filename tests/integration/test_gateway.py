@@ -86,6 +86,17 @@ def test_text_completion(fleet: launcher.Child) -> None:
     )
 
 
+def test_embeddings_pass_through(fleet: launcher.Child) -> None:
+    reply = client(fleet.url).embeddings.create(model=MODEL, input=["red apple", "green pear"])
+    vectors = [d.embedding for d in reply.data]
+    assert len(vectors) == 2 and len(vectors[0]) == 256
+    assert abs(sum(x * x for x in vectors[0]) - 1.0) < 1e-4  # unit length
+    assert vectors[0] != vectors[1]
+    assert reply.usage.prompt_tokens == count_text_tokens("red apple") + count_text_tokens(
+        "green pear"
+    )
+
+
 def test_models_lists_the_logical_models(fleet: launcher.Child) -> None:
     assert [m.id for m in client(fleet.url).models.list()] == [MODEL]
 
@@ -126,8 +137,11 @@ def test_unknown_model_is_404_with_model_not_found(fleet: launcher.Child) -> Non
 
 @pytest.mark.parametrize(
     ("body", "code"),
-    [(b"{not json", "invalid_json"), (b"[1, 2]", "invalid_json"), (b'{"stream": true}',
-                                                                    "missing_model")],
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'{"stream": true}', "missing_model"),
+    ],
 )
 def test_malformed_requests_are_400_in_openai_format(
     fleet: launcher.Child, body: bytes, code: str

@@ -42,13 +42,13 @@ def test_a_refusing_backend_is_skipped(
 ) -> None:
     gateway = start_gateway([dead_url(), start_emulator().url])
     for _ in range(6):
-        reply = client(gateway.url).chat.completions.create(
-            model=MODEL, messages=HI, max_tokens=2
-        )
+        reply = client(gateway.url).chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
         assert reply.choices[0].message.content
 
 
-def test_backend_500_becomes_502(start_emulator: StartEmulator, start_gateway: StartGateway) -> None:
+def test_backend_500_becomes_502(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
     gateway = start_gateway([start_emulator("--error-rate", "1").url])
     with pytest.raises(openai.APIStatusError) as failed:
         client(gateway.url).chat.completions.create(model=MODEL, messages=HI, max_tokens=1)
@@ -67,7 +67,7 @@ def test_backend_killed_mid_stream_ends_the_stream_with_an_error_event(
     )
     received = 0
     with pytest.raises(openai.APIError) as broken:
-        for chunk in stream:
+        for _chunk in stream:
             received += 1
             if received == 5:
                 replica.kill(signal.SIGKILL)
@@ -174,17 +174,22 @@ def test_silent_backend_is_504_after_the_read_timeout(
     assert failed.value.code == "upstream_timeout"
 
 
-def test_gateway_survives_a_client_that_hangs_up(start_emulator: StartEmulator,
-                                                 start_gateway: StartGateway) -> None:
+def test_gateway_survives_a_client_that_hangs_up(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
     replica = start_emulator(time_scale=1.0)
     gateway = start_gateway([replica.url])
     host, port = gateway.url.removeprefix("http://").split(":")
-    body = (b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], '
-            b'"max_tokens": 3000, "stream": true, "ignore_eos": true}' % MODEL.encode())
+    body = (
+        b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], '
+        b'"max_tokens": 3000, "stream": true, "ignore_eos": true}' % MODEL.encode()
+    )
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                     b"authorization: Bearer sk-test-tenant-a\r\ncontent-type: application/json\r\n"
-                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            b"authorization: Bearer sk-test-tenant-a\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
         assert sock.recv(100).startswith(b"HTTP/1.1 200")
     # The replica is told too: its running request is aborted, freeing its KV cache.
     deadline = time.monotonic() + 5

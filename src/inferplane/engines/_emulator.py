@@ -11,21 +11,22 @@ the prompt (``natural_output_tokens``), capped by ``max_tokens``.
 
 from __future__ import annotations
 
+import base64
+import math
 import random
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
+from inferplane.asgi import JsonApp
 from inferplane.engines._core import EngineCore, EngineLimits, EngineRequest
 from inferplane.engines._live import LiveEngine, Stream
 from inferplane.engines._metrics import EngineMetrics
@@ -220,6 +221,59 @@ class _Emulator:
         if stream.request.request_id in self.engine.core:
             self.engine.cancel(stream.request.request_id)
 
+    async def embeddings(self, request: Request) -> Response:
+        """Deterministic unit vectors; the engine charges the prompt as one prefill."""
+        body = await _json_body(request)
+        self._check_model(body)
+        inputs = body.get("input")
+        if isinstance(inputs, str) or (
+            isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs)
+        ):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            raise OpenAIError(
+                400, "'input' must be a non-empty string or array", "invalid_value", param="input"
+            )
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise OpenAIError(
+                400,
+                "encoding_format must be 'float' or 'base64'",
+                "invalid_value",
+                param="encoding_format",
+            )
+        data = []
+        num_prompt = 0
+        for index, item in enumerate(inputs):
+            if isinstance(item, str) and item:
+                n, seed = count_text_tokens(item), text_seed(item)
+            elif isinstance(item, list) and item and all(isinstance(t, int) for t in item):
+                n, seed = len(item), text_seed(str(item))
+            else:
+                raise OpenAIError(
+                    400,
+                    f"input[{index}] must be a non-empty string or token array",
+                    "invalid_value",
+                    param="input",
+                )
+            stream = self._submit(n, 1)
+            try:
+                while await stream.queue.get() is not None:
+                    pass
+            finally:
+                self._cancel_unfinished(stream)
+            num_prompt += n
+            vector = _unit_vector(seed, EMBEDDING_DIM)
+            embedding: object = vector
+            if encoding == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        usage = {"prompt_tokens": num_prompt, "total_tokens": num_prompt}
+        return Response(
+            orjson.dumps({"object": "list", "data": data, "model": self.name, "usage": usage}),
+            media_type="application/json",
+        )
+
     async def models(self, request: Request) -> Response:
         card = {
             "id": self.name,
@@ -236,6 +290,16 @@ class _Emulator:
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+EMBEDDING_DIM = 256
+
+
+def _unit_vector(seed: int, dim: int) -> list[float]:
+    rng = random.Random(seed)
+    vector = [rng.gauss(0.0, 1.0) for _ in range(dim)]
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector]
 
 
 class _Reply:
@@ -307,35 +371,16 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _openai_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, OpenAIError)
-    return Response(
-        exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
-    )
-
-
-def create_emulator_app(settings: EmulatorSettings) -> Starlette:
+def create_emulator_app(settings: EmulatorSettings) -> JsonApp:
     """The ASGI app of one emulated replica; its engine loop runs for the app's lifespan."""
-    emulator = _Emulator(settings)
     disable_created_metrics()  # the *_created series only add noise to every scrape
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await emulator.engine.start()
-        try:
-            yield
-        finally:
-            await emulator.engine.stop()
-
-    routes = [
-        Route("/v1/chat/completions", emulator.chat, methods=["POST"]),
-        Route("/v1/completions", emulator.completions, methods=["POST"]),
-        Route("/v1/models", emulator.models, methods=["GET"]),
-        Route("/health", emulator.health, methods=["GET"]),
-        Route("/metrics", emulator.prometheus, methods=["GET"]),
-    ]
-    app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={OpenAIError: _openai_error}
-    )
-    app.state.emulator = emulator
+    emulator = _Emulator(settings)
+    app = JsonApp(on_startup=emulator.engine.start, on_shutdown=emulator.engine.stop)
+    app.route("/v1/chat/completions", emulator.chat, methods=("POST",))
+    app.route("/v1/completions", emulator.completions, methods=("POST",))
+    app.route("/v1/embeddings", emulator.embeddings, methods=("POST",))
+    app.route("/v1/models", emulator.models)
+    app.route("/health", emulator.health)
+    app.route("/metrics", emulator.prometheus)
+    app.state["emulator"] = emulator
     return app

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
+from inferplane.asgi import JsonApp
 from inferplane.config import Config
 from inferplane.gateway._auth import KeyRing, Principal
-from inferplane.gateway._middleware import RequestIdMiddleware
 from inferplane.gateway._proxy import ModelRoute, Proxy
 from inferplane.gateway._upstream import AiohttpUpstream, Upstream
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import OpenAIError
 
 __all__ = ["create_gateway_app"]
-
-log = logging.getLogger("inferplane.gateway")
 
 # OpenAI operation names (gen_ai.operation.name) by route.
 _OPERATIONS = {
@@ -150,58 +143,15 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-async def _openai_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, OpenAIError)
-    return Response(
-        exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
-    )
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    body = OpenAIError(500, "The gateway hit an internal error.", "internal_error").body()
-    return Response(body, status_code=500, media_type="application/json")
-
-
-async def _not_found(request: Request, exc: Exception) -> Response:
-    err = OpenAIError(404, f"Unknown route {request.method} {request.url.path}.", "unknown_route")
-    return Response(err.body(), status_code=404, media_type="application/json")
-
-
-async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    err = OpenAIError(
-        405, f"Method {request.method} is not allowed on {request.url.path}.", "method_not_allowed"
-    )
-    return Response(err.body(), status_code=405, media_type="application/json")
-
-
-def create_gateway_app(config: Config, upstream: Upstream | None = None) -> RequestIdMiddleware:
+def create_gateway_app(config: Config, upstream: Upstream | None = None) -> JsonApp:
     """The gateway as an ASGI app; ``upstream`` replaces the HTTP client (tests, twin)."""
-    gateway = Gateway(config, upstream)
     disable_created_metrics()  # the *_created series only add noise to every scrape
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gateway.start()
-        try:
-            yield
-        finally:
-            await gateway.stop()
-
-    routes = [Route(path, gateway.generate, methods=["POST"]) for path in _OPERATIONS] + [
-        Route("/v1/models", gateway.models, methods=["GET"]),
-        Route("/health", gateway.health, methods=["GET"]),
-        Route("/metrics", gateway.prometheus, methods=["GET"]),
-    ]
-    app = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={
-            OpenAIError: _openai_error,
-            404: _not_found,
-            405: _method_not_allowed,
-            Exception: _internal_error,
-        },
-    )
-    app.state.gateway = gateway
-    return RequestIdMiddleware(app)
+    gateway = Gateway(config, upstream)
+    app = JsonApp(on_startup=gateway.start, on_shutdown=gateway.stop)
+    for path in _OPERATIONS:
+        app.route(path, gateway.generate, methods=("POST",))
+    app.route("/v1/models", gateway.models)
+    app.route("/health", gateway.health)
+    app.route("/metrics", gateway.prometheus)
+    app.state["gateway"] = gateway
+    return app

@@ -1,0 +1,113 @@
+"""A lean ASGI app for OpenAI-style JSON services: exact-path routes, OpenAI errors, request ids.
+
+The gateway's hot path is a handful of fixed paths, so a dict lookup replaces
+a regex router, and the error handling and ``x-request-id`` live in one
+frame instead of four nested middlewares. Handlers take a Starlette
+``Request`` and return a Starlette ``Response``, so they stay ordinary.
+Guarantees: every HTTP response carries ``x-request-id`` (the client's own
+when sane, else a new one); every failure is an OpenAI error body, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from inferplane.wire import OpenAIError
+
+__all__ = ["Handler", "JsonApp", "request_id"]
+
+log = logging.getLogger("inferplane")
+
+Handler = Callable[[Request], Awaitable[Response]]
+Hook = Callable[[], Awaitable[None]]
+
+_MAX_ID = 128
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's ``x-request-id`` when it is short printable ASCII, else a fresh one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if 0 < len(value) <= _MAX_ID and value.isascii() and value.decode().isprintable():
+                return value
+            break
+    return os.urandom(16).hex().encode()
+
+
+def error_response(exc: OpenAIError) -> Response:
+    return Response(
+        exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
+    )
+
+
+class JsonApp:
+    """Routes ``(method, path)`` to handlers; runs start/stop hooks for the lifespan."""
+
+    def __init__(self, on_startup: Hook | None = None, on_shutdown: Hook | None = None) -> None:
+        self._routes: dict[str, dict[str, Handler]] = {}
+        self._on_startup = on_startup
+        self._on_shutdown = on_shutdown
+        self.state: dict[str, Any] = {}
+
+    def route(self, path: str, handler: Handler, methods: tuple[str, ...] = ("GET",)) -> None:
+        for method in methods:
+            self._routes.setdefault(path, {})[method] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = request_id(scope["headers"])
+        scope["state"] = {"request_id": rid.decode()}
+        try:
+            by_method = self._routes.get(scope["path"])
+            if by_method is None:
+                raise OpenAIError(
+                    404, f"Unknown route {scope['method']} {scope['path']}.", "unknown_route"
+                )
+            handler = by_method.get(scope["method"])
+            if handler is None:
+                raise OpenAIError(
+                    405,
+                    f"Method {scope['method']} is not allowed on {scope['path']}.",
+                    "method_not_allowed",
+                )
+            response = await handler(Request(scope, receive))
+        except OpenAIError as exc:
+            response = error_response(exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            response = error_response(
+                OpenAIError(500, "Internal error; see the server log.", "internal_error")
+            )
+        response.raw_headers.append((b"x-request-id", rid))
+        await response(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self._on_startup is not None:
+                        await self._on_startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._on_shutdown is not None:
+                    await self._on_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
