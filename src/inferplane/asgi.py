@@ -11,9 +11,10 @@ traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -22,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from inferplane.wire import OpenAIError
 
-__all__ = ["Handler", "JsonApp", "request_id"]
+__all__ = ["EventStreamResponse", "Handler", "JsonApp", "error_response", "request_id"]
 
 log = logging.getLogger("inferplane")
 
@@ -46,6 +47,61 @@ def error_response(exc: OpenAIError) -> Response:
     return Response(
         exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
     )
+
+
+class EventStreamResponse(Response):
+    """``text/event-stream`` from an async iterator of byte chunks, each sent as it comes.
+
+    When the client hangs up, the iterator is closed at once (its ``finally``
+    runs), so an upstream generation can be stopped. Starlette's
+    StreamingResponse does the same with an anyio task group per response; a
+    py-spy profile put that at a fifth of the gateway's CPU on short streams,
+    so this watches for the disconnect with one plain task instead.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        self.body_iterator = content
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"finished": False, "hung_up": False}
+
+        async def watch_disconnect() -> None:
+            # The request body was read already, so the next message is the disconnect.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["finished"]:
+                state["hung_up"] = True
+                task.cancel()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            state["finished"] = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["hung_up"]:
+                raise
+            task.uncancel()  # our own cancellation: the client left, the response is over
+        finally:
+            watcher.cancel()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 class JsonApp:

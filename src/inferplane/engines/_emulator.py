@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from inferplane.asgi import JsonApp
+from inferplane.asgi import EventStreamResponse, JsonApp
 from inferplane.engines._core import EngineCore, EngineLimits, EngineRequest
 from inferplane.engines._live import LiveEngine, Stream
 from inferplane.engines._metrics import EngineMetrics
@@ -187,10 +187,8 @@ class _Emulator:
         if body.get("stream"):
             options = body.get("stream_options") or {}
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            return StreamingResponse(
-                self._stream(stream, reply, finish, include_usage),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
+            return EventStreamResponse(
+                self._stream(stream, reply, finish, include_usage), headers=SSE_HEADERS
             )
         try:
             while (n := await stream.queue.get()) is not None:

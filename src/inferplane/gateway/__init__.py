@@ -2,6 +2,7 @@
 
 from inferplane.gateway._app import create_gateway_app
 from inferplane.gateway._auth import hash_key
-from inferplane.gateway._upstream import AiohttpUpstream, Upstream, UpstreamResponse
+from inferplane.gateway._http1 import Http1Upstream
+from inferplane.gateway._upstream import Upstream, UpstreamResponse
 
-__all__ = ["AiohttpUpstream", "Upstream", "UpstreamResponse", "create_gateway_app", "hash_key"]
+__all__ = ["Http1Upstream", "Upstream", "UpstreamResponse", "create_gateway_app", "hash_key"]

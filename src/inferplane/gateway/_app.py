@@ -12,8 +12,9 @@ from starlette.responses import JSONResponse, Response
 from inferplane.asgi import JsonApp
 from inferplane.config import Config
 from inferplane.gateway._auth import KeyRing, Principal
+from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._proxy import ModelRoute, Proxy
-from inferplane.gateway._upstream import AiohttpUpstream, Upstream
+from inferplane.gateway._upstream import Upstream
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import OpenAIError
 
@@ -42,7 +43,7 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.config.gateway
-        upstream = self._upstream or AiohttpUpstream(
+        upstream = self._upstream or Http1Upstream(
             connect_timeout_s=s.connect_timeout_s,
             read_timeout_s=s.read_timeout_s,
             max_connections_per_host=s.max_connections_per_backend,
@@ -78,7 +79,7 @@ class Gateway:
         stream = body.get("stream")
         if stream is not None and not isinstance(stream, bool):
             raise OpenAIError(400, "'stream' must be a boolean.", "invalid_value", param="stream")
-        path = request.url.path
+        path = request.scope["path"]
         labels = self.metrics.labels(model, _OPERATIONS[path], principal.tenant)
         assert self.proxy is not None, "gateway not started"
         return await self.proxy.forward(route, path, body, raw, labels)

@@ -11,6 +11,7 @@ hides it again when the client did not ask for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
+from inferplane.asgi import EventStreamResponse
 from inferplane.config import Backend, Model
 from inferplane.gateway._upstream import (
     Upstream,
@@ -32,7 +34,7 @@ from inferplane.gateway._upstream import (
 from inferplane.perf import count_text_tokens
 from inferplane.policy import RoundRobin
 from inferplane.telemetry import GatewayMetrics
-from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, error_event
+from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, SSEDecoder, error_event, sse_payload
 
 __all__ = ["ModelRoute", "Proxy"]
 
@@ -100,7 +102,7 @@ class Proxy:
             if stream and resp.content_type == "text/event-stream":
                 streamed = True
                 relay = self._relay(resp, outcome, hide_usage, labels, t0)
-                return StreamingResponse(relay, media_type="text/event-stream", headers=SSE_HEADERS)
+                return EventStreamResponse(relay, headers=SSE_HEADERS)
             payload = await resp.read()
             _read_usage(payload, outcome)
             return Response(payload, media_type=resp.content_type or "application/json")
@@ -164,54 +166,59 @@ class Proxy:
         """Pass SSE events through as they come, watching usage and the first token."""
         counted_text = 0  # fallback when the backend sends no usage chunk
         done = False
-        event: list[bytes] = []
+        decoder = SSEDecoder()
+        pieces = resp.chunks()
         try:
-            async for line in resp.lines():
-                if line.strip():
-                    event.append(line)
-                    continue
-                if not event:
-                    continue
-                data = b"".join(ev[5:].strip() for ev in event if ev.startswith(b"data:"))
-                raw_event, event = b"".join(event) + b"\n", []
-                if data == b"[DONE]":
-                    done = True
-                    yield DONE
-                    break
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    outcome.error_type = "upstream_malformed_stream"
-                    yield error_event(
-                        "The model server sent a malformed stream event.",
-                        "upstream_malformed_stream",
-                    )
+            async for piece in pieces:
+                out: list[bytes] = []
+                for event in decoder.feed(piece):
+                    data = sse_payload(event)
+                    if not data:
+                        continue  # comments, keep-alives
+                    if data == b"[DONE]":
+                        done = True
+                        out.append(DONE)
+                        break
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        outcome.error_type = "upstream_malformed_stream"
+                        out.append(
+                            error_event(
+                                "The model server sent a malformed stream event.",
+                                outcome.error_type,
+                            )
+                        )
+                        break
+                    if isinstance(chunk, dict):
+                        if "error" in chunk:
+                            outcome.error_type = "upstream_error"
+                            out.append(event + b"\n\n")
+                            break
+                        usage = chunk.get("usage")
+                        if isinstance(usage, dict):
+                            _take_usage(usage, outcome)
+                        choices = chunk.get("choices")
+                        if choices:
+                            text = _delta_text(choices[0])
+                            if text:
+                                counted_text += count_text_tokens(text)
+                                if outcome.ttft_s is None:
+                                    outcome.ttft_s = time.perf_counter() - t0
+                        elif hide_usage and usage is not None:
+                            continue  # the usage chunk we asked for on the client's behalf
+                    out.append(event + b"\n\n")
+                if out:
+                    yield b"".join(out)
+                if done:
+                    await _finish_quietly(pieces)
                     return
-                if not isinstance(chunk, dict):
-                    continue
-                if "error" in chunk:
-                    outcome.error_type = "upstream_error"
-                    yield raw_event
+                if outcome.error_type is not None:
                     return
-                usage = chunk.get("usage")
-                if isinstance(usage, dict):
-                    _take_usage(usage, outcome)
-                choices = chunk.get("choices")
-                if choices:
-                    text = _delta_text(choices[0])
-                    if text:
-                        counted_text += count_text_tokens(text)
-                        if outcome.ttft_s is None:
-                            outcome.ttft_s = time.perf_counter() - t0
-                elif hide_usage and usage is not None:
-                    continue  # the usage chunk we asked for on the client's behalf
-                yield raw_event
-            if not done:
-                outcome.error_type = "upstream_incomplete_stream"
-                yield error_event(
-                    "The model server ended the stream before it was complete.",
-                    "upstream_incomplete_stream",
-                )
+            outcome.error_type = "upstream_incomplete_stream"
+            yield error_event(
+                "The model server ended the stream before it was complete.", outcome.error_type
+            )
         except UpstreamError as exc:
             outcome.error_type = (
                 "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_disconnected"
@@ -232,6 +239,18 @@ class Proxy:
                 output_tokens=outcome.output_tokens,
                 error_type=outcome.error_type,
             )
+
+
+async def _finish_quietly(pieces: AsyncIterator[bytes]) -> None:
+    """Read what follows [DONE] (the end of the chunked body) so the connection is reused.
+
+    The client already has everything; a server that does not end its response
+    promptly just loses its connection.
+    """
+    with contextlib.suppress(UpstreamError, TimeoutError):
+        async with asyncio.timeout(1.0):
+            async for _ in pieces:
+                pass
 
 
 def _delta_text(choice: Any) -> str:
