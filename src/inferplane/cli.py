@@ -293,24 +293,25 @@ def bench_overhead(
     concurrency: Annotated[
         list[int] | None, typer.Option("--concurrency", "-n", help="Repeat for several levels.")
     ] = None,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(help="whole (non-streaming, fast replica) and/or stream (real time)."),
+    ] = None,
     duration: Annotated[float, typer.Option(help="Seconds of load per level and target.")] = 4.0,
-    output_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 16,
-    time_scale: Annotated[float, typer.Option(help="Emulated replica speed-up.")] = 1000.0,
     out: Annotated[Path, typer.Option(help="JSON report path.")] = Path(
         "bench-results/overhead.json"
     ),
 ) -> None:
-    """Gateway vs direct to the same replica, side by side: added latency and req/s."""
-    from inferplane.bench.overhead import run_overhead
+    """Gateway vs direct to the same replica, side by side: added latency, req/s, CPU."""
+    from inferplane.bench.overhead import SCENARIOS, run_overhead
 
+    known = {s.name: s for s in SCENARIOS}
+    unknown = sorted(set(scenario or ()) - set(known))
+    if unknown:
+        fail(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(known)}")
+    chosen = tuple(known[name] for name in scenario) if scenario else SCENARIOS
     levels = tuple(concurrency or (1, 16, 64, 200))
     _guard(
-        lambda: run_overhead(
-            concurrencies=levels,
-            duration_s=duration,
-            output_tokens=output_tokens,
-            time_scale=time_scale,
-            out=out,
-        )
+        lambda: run_overhead(concurrencies=levels, duration_s=duration, scenarios=chosen, out=out)
     )
     console.print(f"JSON: {out}")

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inferplane.engines import (
+    Admitted,
     EngineCore,
     EngineLimits,
     EngineRequest,
@@ -48,6 +49,7 @@ def test_one_request_prefills_then_decodes_token_by_token() -> None:
     t2 = t1 + decode(101)
     t3 = t2 + decode(102)
     assert events == [
+        Admitted("a", 0.0),
         Produced("a", 1, t1),
         Produced("a", 1, t2),
         Produced("a", 1, t3),
@@ -62,7 +64,8 @@ def test_arrival_waits_for_the_step_in_flight() -> None:
     engine.add_request(EngineRequest("a", 100, 2), now=0.0)
     t1 = prefill(100)
     engine.add_request(EngineRequest("b", 50, 1), now=t1 / 2)  # mid-step
-    assert engine.advance(t1) == [Produced("a", 1, t1)]
+    # At t1 step 1 ends and step 2 is fixed: it admits b.
+    assert engine.advance(t1) == [Admitted("a", 0.0), Produced("a", 1, t1), Admitted("b", t1)]
     # Step 2 starts at t1 and now batches a's decode with b's whole prompt.
     t2 = t1 + PERF.step_time(StepShape.from_batch([(50, 0)], [101]))
     assert engine.next_event_time() == pytest.approx(t2)
@@ -79,7 +82,7 @@ def test_long_prompt_is_prefilled_in_chunks_of_the_token_budget() -> None:
     engine.add_request(EngineRequest("a", 10_000, 1), now=0.0)
     events = drain(engine)
     t = prefill(8192) + prefill(10_000 - 8192, cached=8192)
-    assert events == [Produced("a", 1, pytest.approx(t)), Finished("a", pytest.approx(t), 1)]
+    assert events[1:] == [Produced("a", 1, pytest.approx(t)), Finished("a", pytest.approx(t), 1)]
 
 
 def test_idle_engine_starts_at_the_arrival_time() -> None:
@@ -106,6 +109,9 @@ def test_kv_exhaustion_preempts_the_newest_request_and_everyone_still_finishes()
     events = drain(engine)
     preempted = [e.request_id for e in events if isinstance(e, Preempted)]
     assert preempted and set(preempted) == {"new"}
+    # Each preemption is followed, later, by a re-admission.
+    admitted = [e.request_id for e in events if isinstance(e, Admitted)]
+    assert admitted.count("new") == 1 + len(preempted)
     produced = {
         rid: sum(e.num_tokens for e in events if isinstance(e, Produced) and e.request_id == rid)
         for rid in ("old", "new")

@@ -23,6 +23,7 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     first_byte_s: list[float] = field(default_factory=list)
     errors: int = 0
+    num_completed: int = 0  # warm-up included, for per-request resource accounting
 
     @property
     def requests_per_s(self) -> float:
@@ -80,6 +81,7 @@ async def _worker(
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
                 continue
+            result.num_completed += 1
             if t0 < warmup_until:
                 continue
             if status != 200:

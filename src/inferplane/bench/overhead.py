@@ -1,10 +1,19 @@
 """``inferplane bench overhead``: what the gateway adds on top of calling a replica directly.
 
-One run starts a real emulated replica and a real gateway (one worker
-process) in front of it, then drives both with the same load, side by side,
-at several concurrencies, streaming and not. Reported: requests/s, p50/p99
-latency (first byte for streams), the gateway's added p50/p99, and the
-throughput ratio gateway/direct. Absolute numbers depend on the machine; the
+One run starts real emulated replicas and one real gateway (one worker
+process) in front of them, then drives the replica directly and through the
+gateway with the same closed-loop load, side by side, at several
+concurrencies. Two scenarios:
+
+- ``whole``: non-streaming answers from a replica running 1000x faster than
+  real time, so the gateway, not the GPU model, is what limits req/s;
+- ``stream``: SSE streams from a replica in real time (Llama-3.1-8B on an
+  H100), the way users see them; latency is to the first body byte.
+
+Reported per row: req/s both ways and their ratio, p50/p99 latency both ways
+and the difference (what the gateway adds), and the CPU time the gateway
+process spent per request (from /proc), which does not depend on how busy
+the shared machine was. Absolute numbers depend on the machine; the
 side-by-side differences and ratios are the result.
 """
 
@@ -12,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +36,24 @@ import orjson
 from inferplane import launcher
 from inferplane.bench._loadgen import LoadResult, run_load
 
-__all__ = ["OverheadCase", "run_overhead"]
+__all__ = ["SCENARIOS", "Scenario", "run_overhead"]
 
 _KEY = "sk-bench"
+_PATH = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    stream: bool
+    time_scale: float
+    output_tokens: int
+
+
+SCENARIOS = (
+    Scenario("whole", stream=False, time_scale=1000.0, output_tokens=16),
+    Scenario("stream", stream=True, time_scale=1.0, output_tokens=64),
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -37,74 +63,93 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-@dataclass(frozen=True)
-class OverheadCase:
-    stream: bool
-    concurrency: int
-    direct: LoadResult
-    gateway: LoadResult
-
-    def row(self) -> dict[str, Any]:
-        d, g = self.direct, self.gateway
-        measure = "first_byte_s" if self.stream else "latencies_s"
-        dp50, dp99 = (percentile(getattr(d, measure), q) for q in (50, 99))
-        gp50, gp99 = (percentile(getattr(g, measure), q) for q in (50, 99))
-        return {
-            "stream": self.stream,
-            "concurrency": self.concurrency,
-            "direct_rps": round(d.requests_per_s, 1),
-            "gateway_rps": round(g.requests_per_s, 1),
-            "rps_ratio": round(g.requests_per_s / d.requests_per_s, 3)
-            if d.requests_per_s
-            else None,
-            "direct_p50_ms": round(dp50 * 1e3, 3),
-            "direct_p99_ms": round(dp99 * 1e3, 3),
-            "gateway_p50_ms": round(gp50 * 1e3, 3),
-            "gateway_p99_ms": round(gp99 * 1e3, 3),
-            "added_p50_ms": round((gp50 - dp50) * 1e3, 3),
-            "added_p99_ms": round((gp99 - dp99) * 1e3, 3),
-            "errors": d.errors + g.errors,
-        }
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _gateway_config(upstream_port: int, gateway_port: int) -> str:
+def _row(
+    scenario: Scenario,
+    concurrency: int,
+    direct: LoadResult,
+    gateway: LoadResult,
+    gateway_cpu_s: float,
+) -> dict[str, Any]:
+    measure = "first_byte_s" if scenario.stream else "latencies_s"
+    dp50, dp99 = (percentile(getattr(direct, measure), q) for q in (50, 99))
+    gp50, gp99 = (percentile(getattr(gateway, measure), q) for q in (50, 99))
+    # Requests still in flight at the deadline also cost CPU; counting only completed
+    # ones makes the figure a slight overestimate.
+    cpu_us = gateway_cpu_s / gateway.num_completed * 1e6 if gateway.num_completed else None
+    return {
+        "scenario": scenario.name,
+        "concurrency": concurrency,
+        "direct_rps": round(direct.requests_per_s, 1),
+        "gateway_rps": round(gateway.requests_per_s, 1),
+        "rps_ratio": round(gateway.requests_per_s / direct.requests_per_s, 3)
+        if direct.requests_per_s
+        else None,
+        "direct_p50_ms": round(dp50 * 1e3, 3),
+        "direct_p99_ms": round(dp99 * 1e3, 3),
+        "gateway_p50_ms": round(gp50 * 1e3, 3),
+        "gateway_p99_ms": round(gp99 * 1e3, 3),
+        "added_p50_ms": round((gp50 - dp50) * 1e3, 3),
+        "added_p99_ms": round((gp99 - dp99) * 1e3, 3),
+        "gateway_cpu_us_per_request": round(cpu_us, 1) if cpu_us is not None else None,
+        "errors": direct.errors + gateway.errors,
+    }
+
+
+def _gateway_config(engine_ports: dict[str, int], gateway_port: int) -> str:
     from inferplane.gateway import hash_key
 
-    return f"""
-gateway: {{host: 127.0.0.1, port: {gateway_port}}}
-models:
-  llama-3.1-8b:
-    backends:
-      - url: http://127.0.0.1:{upstream_port}
-        engine: vllm
-tenants:
-  bench:
-    keys: [{{name: bench, sha256: {hash_key(_KEY)}}}]
-"""
+    models = "".join(
+        f"  {name}:\n    backends:\n      - url: http://127.0.0.1:{port}\n        engine: vllm\n"
+        f"        model: llama-3.1-8b\n"
+        for name, port in engine_ports.items()
+    )
+    return (
+        f"gateway: {{host: 127.0.0.1, port: {gateway_port}}}\nmodels:\n{models}"
+        f"tenants:\n  bench:\n    keys: [{{name: bench, sha256: {hash_key(_KEY)}}}]\n"
+    )
 
 
 def run_overhead(
     *,
     concurrencies: tuple[int, ...] = (1, 16, 64, 200),
     duration_s: float = 4.0,
-    output_tokens: int = 16,
-    time_scale: float = 1000.0,
-    modes: tuple[bool, ...] = (False, True),
+    scenarios: tuple[Scenario, ...] = SCENARIOS,
     out: Path | None = None,
-    echo: Any = print,
+    echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run the benchmark; returns the table rows and writes them as JSON to ``out``."""
-    upstream_port, gateway_port = launcher.free_port(), launcher.free_port()
     workdir = Path(tempfile.mkdtemp(prefix="inferplane-bench-"))
-    config_path = workdir / "gateway.yaml"
-    config_path.write_text(_gateway_config(upstream_port, gateway_port))
     py = [sys.executable, "-m", "inferplane"]
-    engine = launcher.start(
-        "engine",
-        f"http://127.0.0.1:{upstream_port}",
-        [*py, "engine", "emulate", "--port", str(upstream_port), "--time-scale", str(time_scale)],
-        log_dir=workdir,
-    )
+    ports = {s.name: launcher.free_port() for s in scenarios}
+    engines = [
+        launcher.start(
+            f"engine-{s.name}",
+            f"http://127.0.0.1:{ports[s.name]}",
+            [
+                *py,
+                "engine",
+                "emulate",
+                "--port",
+                str(ports[s.name]),
+                "--time-scale",
+                str(s.time_scale),
+            ],
+            log_dir=workdir,
+        )
+        for s in scenarios
+    ]
+    gateway_port = launcher.free_port()
+    config_path = workdir / "gateway.yaml"
+    config_path.write_text(_gateway_config(ports, gateway_port))
     gateway = launcher.start(
         "gateway",
         f"http://127.0.0.1:{gateway_port}",
@@ -113,26 +158,18 @@ def run_overhead(
     )
     rows: list[dict[str, Any]] = []
     try:
-        launcher.wait_healthy([engine, gateway])
+        launcher.wait_healthy([*engines, gateway])
         echo(HEADER)
-        for stream in modes:
-            body = orjson.dumps(
-                {
-                    "model": "llama-3.1-8b",
-                    "messages": [{"role": "user", "content": "Say something short."}],
-                    "max_tokens": output_tokens,
-                    "ignore_eos": True,
-                    "stream": stream,
-                }
-            )
-            for c in concurrencies:
-                case = asyncio.run(
-                    _measure(upstream_port, gateway_port, body, stream, c, duration_s)
+        for scenario in scenarios:
+            for concurrency in concurrencies:
+                rows.append(
+                    asyncio.run(
+                        _measure(scenario, ports[scenario.name], gateway, concurrency, duration_s)
+                    )
                 )
-                rows.append(case.row())
                 echo(_format_row(rows[-1]))
     finally:
-        launcher.stop_all([gateway, engine])
+        launcher.stop_all([gateway, *engines])
     report = {
         "benchmark": "overhead",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -143,9 +180,8 @@ def run_overhead(
         },
         "params": {
             "duration_s": duration_s,
-            "output_tokens": output_tokens,
-            "time_scale": time_scale,
             "gateway_workers": 1,
+            "scenarios": [vars(s) for s in scenarios],
         },
         "rows": rows,
     }
@@ -156,47 +192,63 @@ def run_overhead(
 
 
 async def _measure(
-    upstream_port: int,
-    gateway_port: int,
-    body: bytes,
-    stream: bool,
+    scenario: Scenario,
+    engine_port: int,
+    gateway: launcher.Child,
     concurrency: int,
     duration_s: float,
-) -> OverheadCase:
-    path = "/v1/chat/completions"
+) -> dict[str, Any]:
+    def body(model: str) -> bytes:
+        return orjson.dumps(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": "Say something short."}],
+                "max_tokens": scenario.output_tokens,
+                "ignore_eos": True,
+                "stream": scenario.stream,
+            }
+        )
+
     direct = await run_load(
-        "127.0.0.1", upstream_port, path, body, concurrency=concurrency, duration_s=duration_s
+        "127.0.0.1",
+        engine_port,
+        _PATH,
+        body("llama-3.1-8b"),
+        concurrency=concurrency,
+        duration_s=duration_s,
     )
-    gateway = await run_load(
+    gateway_port = int(gateway.url.rsplit(":", 1)[1])
+    cpu_before = cpu_seconds(gateway.process.pid)
+    via = await run_load(
         "127.0.0.1",
         gateway_port,
-        path,
-        body,
+        _PATH,
+        body(scenario.name),
         concurrency=concurrency,
         duration_s=duration_s,
         api_key=_KEY,
     )
-    return OverheadCase(stream, concurrency, direct, gateway)
+    cpu = cpu_seconds(gateway.process.pid) - cpu_before
+    return _row(scenario, concurrency, direct, via, cpu)
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 HEADER = (
-    f"{'mode':<7}{'conc':>5}{'direct rps':>12}{'gw rps':>10}{'ratio':>7}"
-    f"{'direct p50':>12}{'gw p50':>9}{'+p50 ms':>9}{'direct p99':>12}{'gw p99':>9}"
-    f"{'+p99 ms':>9}{'err':>5}"
+    f"{'scenario':<9}{'conc':>5}{'direct rps':>11}{'gw rps':>8}{'ratio':>7}"
+    f"{'direct p50':>11}{'gw p50':>8}{'+p50':>8}{'direct p99':>11}{'gw p99':>8}{'+p99':>8}"
+    f"{'gw cpu/req':>11}{'err':>5}\n"
+    f"{'':<9}{'':>5}{'':>11}{'':>8}{'':>7}{'ms':>11}{'ms':>8}{'ms':>8}{'ms':>11}{'ms':>8}"
+    f"{'ms':>8}{'us':>11}{'':>5}"
 )
 
 
 def _format_row(r: dict[str, Any]) -> str:
     return (
-        f"{'stream' if r['stream'] else 'whole':<7}{r['concurrency']:>5}"
-        f"{r['direct_rps']:>12.0f}{r['gateway_rps']:>10.0f}{r['rps_ratio'] or 0:>7.2f}"
-        f"{r['direct_p50_ms']:>12.2f}{r['gateway_p50_ms']:>9.2f}{r['added_p50_ms']:>9.2f}"
-        f"{r['direct_p99_ms']:>12.2f}{r['gateway_p99_ms']:>9.2f}{r['added_p99_ms']:>9.2f}"
-        f"{r['errors']:>5}"
+        f"{r['scenario']:<9}{r['concurrency']:>5}{r['direct_rps']:>11.0f}{r['gateway_rps']:>8.0f}"
+        f"{r['rps_ratio'] or 0:>7.2f}{r['direct_p50_ms']:>11.2f}{r['gateway_p50_ms']:>8.2f}"
+        f"{r['added_p50_ms']:>8.2f}{r['direct_p99_ms']:>11.2f}{r['gateway_p99_ms']:>8.2f}"
+        f"{r['added_p99_ms']:>8.2f}{r['gateway_cpu_us_per_request'] or 0:>11.0f}{r['errors']:>5}"
     )

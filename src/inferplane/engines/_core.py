@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from inferplane.perf import PerfModel, StepShape
 
 __all__ = [
+    "Admitted",
     "EngineCore",
     "EngineLimits",
     "EngineRequest",
+    "Event",
     "Finished",
     "Preempted",
     "Produced",
@@ -58,6 +60,14 @@ class EngineRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Admitted:
+    """The request joined the running batch (again, after a preemption) at ``time``."""
+
+    request_id: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
 class Produced:
     """``num_tokens`` new output tokens of one request, the last at ``time``."""
 
@@ -81,7 +91,7 @@ class Preempted:
     time: float
 
 
-Event = Produced | Finished | Preempted
+Event = Admitted | Produced | Finished | Preempted
 
 
 @dataclass(slots=True)
@@ -241,6 +251,7 @@ class EngineCore:
                 break
             self._waiting.popleft()
             self._running.append(seq)
+            self._outbox.append(Admitted(seq.req.request_id, self._time))
             chunks.append((seq, n))
             budget -= n
         if not chunks:

@@ -76,7 +76,9 @@ class _Emulator:
         self.aliases = {self.name, spec.name, spec.hf_id}
         core = EngineCore(self.perf, settings.limits)
         self.metrics = EngineMetrics(core, self.name)
-        self.engine = LiveEngine(core, settings.time_scale, self._on_token, self._on_finish)
+        self.engine = LiveEngine(
+            core, settings.time_scale, self._on_token, self._on_finish, self._on_admit
+        )
         self.error_rate = settings.error_rate
         self._faults = random.Random(settings.seed)
 
@@ -86,6 +88,9 @@ class _Emulator:
         else:
             self.metrics.itl.observe((t - stream.last_token_time) / num_tokens)
         self.metrics.generation_tokens.inc(num_tokens)
+
+    def _on_admit(self, stream: Stream, t: float) -> None:
+        self.metrics.queue_time.observe(t - stream.arrival)
 
     def _on_finish(self, stream: Stream, t: float) -> None:
         self.metrics.e2e.observe(t - stream.arrival)

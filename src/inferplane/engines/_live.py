@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from inferplane.engines._core import EngineCore, EngineRequest, Finished, Preempted, Produced
+from inferplane.engines._core import Admitted, EngineCore, EngineRequest, Event, Finished, Produced
 
 __all__ = ["LiveEngine", "Stream"]
 
@@ -26,6 +26,7 @@ class Stream:
     request: EngineRequest
     arrival: float  # engine time
     queue: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
+    admitted_time: float | None = None
     first_token_time: float | None = None
     last_token_time: float | None = None
     num_preemptions: int = 0
@@ -40,6 +41,7 @@ class LiveEngine:
         time_scale: float = 1.0,
         on_token: Callable[[Stream, float, int], None] | None = None,
         on_finish: Callable[[Stream, float], None] | None = None,
+        on_admit: Callable[[Stream, float], None] | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -47,6 +49,7 @@ class LiveEngine:
         self.time_scale = time_scale
         self._on_token = on_token
         self._on_finish = on_finish
+        self._on_admit = on_admit
         self._streams: dict[str, Stream] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -97,7 +100,7 @@ class LiveEngine:
                 await asyncio.sleep(0)
             self._deliver(self.core.advance(self.now()))
 
-    def _deliver(self, events: list[Produced | Finished | Preempted]) -> None:
+    def _deliver(self, events: list[Event]) -> None:
         for event in events:
             stream = self._streams.get(event.request_id)
             if stream is None:
@@ -109,6 +112,11 @@ class LiveEngine:
                     self._on_token(stream, event.time, event.num_tokens)
                 stream.last_token_time = event.time
                 stream.queue.put_nowait(event.num_tokens)
+            elif isinstance(event, Admitted):
+                if stream.admitted_time is None:
+                    stream.admitted_time = event.time
+                    if self._on_admit is not None:
+                        self._on_admit(stream, event.time)
             elif isinstance(event, Finished):
                 del self._streams[event.request_id]
                 if self._on_finish is not None:

@@ -138,6 +138,13 @@ class EngineMetrics:
             buckets=_ITL_BUCKETS,
             registry=r,
         ).labels(model_name)
+        self.queue_time = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Time spent waiting before first scheduled.",
+            labels,
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        ).labels(model_name)
         self.e2e = Histogram(
             "vllm:e2e_request_latency_seconds",
             "End-to-end request latency.",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import time
@@ -31,7 +32,6 @@ from inferplane.gateway._upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from inferplane.perf import count_text_tokens
 from inferplane.policy import RoundRobin
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, SSEDecoder, error_event, sse_payload
@@ -164,7 +164,7 @@ class Proxy:
         t0: float,
     ) -> AsyncIterator[bytes]:
         """Pass SSE events through as they come, watching usage and the first token."""
-        counted_text = 0  # fallback when the backend sends no usage chunk
+        watch = _StreamWatch(outcome, hide_usage, t0)
         done = False
         decoder = SSEDecoder()
         pieces = resp.chunks()
@@ -179,35 +179,19 @@ class Proxy:
                         done = True
                         out.append(DONE)
                         break
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        outcome.error_type = "upstream_malformed_stream"
+                    verdict = watch.inspect(data)
+                    if verdict is _Verdict.MALFORMED:
                         out.append(
                             error_event(
                                 "The model server sent a malformed stream event.",
-                                outcome.error_type,
+                                "upstream_malformed_stream",
                             )
                         )
                         break
-                    if isinstance(chunk, dict):
-                        if "error" in chunk:
-                            outcome.error_type = "upstream_error"
-                            out.append(event + b"\n\n")
-                            break
-                        usage = chunk.get("usage")
-                        if isinstance(usage, dict):
-                            _take_usage(usage, outcome)
-                        choices = chunk.get("choices")
-                        if choices:
-                            text = _delta_text(choices[0])
-                            if text:
-                                counted_text += count_text_tokens(text)
-                                if outcome.ttft_s is None:
-                                    outcome.ttft_s = time.perf_counter() - t0
-                        elif hide_usage and usage is not None:
-                            continue  # the usage chunk we asked for on the client's behalf
-                    out.append(event + b"\n\n")
+                    if verdict is not _Verdict.DROP:
+                        out.append(event + b"\n\n")
+                    if verdict is _Verdict.LAST:
+                        break
                 if out:
                     yield b"".join(out)
                 if done:
@@ -229,8 +213,10 @@ class Proxy:
             raise
         finally:
             resp.close()
-            if outcome.output_tokens is None and counted_text:
-                outcome.output_tokens = counted_text
+            if outcome.output_tokens is None and watch.num_content_events:
+                # A backend that never reported usage: one streamed event per token is
+                # what vLLM, SGLang and TGI send, so count events (approximate).
+                outcome.output_tokens = watch.num_content_events
             self.metrics.finished(
                 labels,
                 time.perf_counter() - t0,
@@ -239,6 +225,59 @@ class Proxy:
                 output_tokens=outcome.output_tokens,
                 error_type=outcome.error_type,
             )
+
+
+class _Verdict(enum.Enum):
+    FORWARD = enum.auto()
+    DROP = enum.auto()  # the usage chunk the gateway asked for on the client's behalf
+    LAST = enum.auto()  # an error event from the backend: forward it and stop
+    MALFORMED = enum.auto()
+
+
+class _StreamWatch:
+    """Learns usage, first-token time and errors from a stream's events.
+
+    Decoding JSON per event would be the relay's largest cost, so an event is
+    decoded only while the first token is still awaited or when it mentions
+    usage or an error; the others get a cheap shape check.
+    """
+
+    __slots__ = ("hide_usage", "num_content_events", "outcome", "t0")
+
+    def __init__(self, outcome: _Outcome, hide_usage: bool, t0: float) -> None:
+        self.outcome = outcome
+        self.hide_usage = hide_usage
+        self.t0 = t0
+        self.num_content_events = 0
+
+    def inspect(self, data: bytes) -> _Verdict:
+        if not (data.startswith(b"{") and data.endswith(b"}")):
+            self.outcome.error_type = "upstream_malformed_stream"
+            return _Verdict.MALFORMED
+        if self.outcome.ttft_s is not None and b'"usage"' not in data and b'"error"' not in data:
+            self.num_content_events += 1
+            return _Verdict.FORWARD
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.outcome.error_type = "upstream_malformed_stream"
+            return _Verdict.MALFORMED
+        if not isinstance(chunk, dict):
+            return _Verdict.FORWARD
+        if "error" in chunk:
+            self.outcome.error_type = "upstream_error"
+            return _Verdict.LAST
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            _take_usage(usage, self.outcome)
+        choices = chunk.get("choices")
+        if not choices:
+            return _Verdict.DROP if self.hide_usage and usage is not None else _Verdict.FORWARD
+        if _delta_text(choices[0]):
+            self.num_content_events += 1
+            if self.outcome.ttft_s is None:
+                self.outcome.ttft_s = time.perf_counter() - self.t0
+        return _Verdict.FORWARD
 
 
 async def _finish_quietly(pieces: AsyncIterator[bytes]) -> None:
