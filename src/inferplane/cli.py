@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from inferplane import __version__
+
+if TYPE_CHECKING:  # the CLI imports heavy modules lazily, per verb, to start fast
+    from inferplane.config import Config
+    from inferplane.launcher import Child
 
 app = typer.Typer(
     name="inferplane",
@@ -128,17 +132,12 @@ def up(
         console.print("stopped.")
 
 
-def _print_fleet(cfg: object, children: list[object], log_dir: Path) -> None:
-    from inferplane.config import Config
-    from inferplane.launcher import Child
-
-    assert isinstance(cfg, Config)
+def _print_fleet(cfg: Config, children: Sequence[Child], log_dir: Path) -> None:
     table = Table(title="inferplane up", title_justify="left")
     table.add_column("process")
     table.add_column("url")
     table.add_column("pid", justify="right")
     for child in children:
-        assert isinstance(child, Child)
         table.add_row(child.name, child.url, str(child.process.pid))
     base = f"http://{cfg.gateway.host}:{cfg.gateway.port}"
     table.add_row("gateway", base, "this")

@@ -376,7 +376,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def create_emulator_app(settings: EmulatorSettings) -> JsonApp:
     """The ASGI app of one emulated replica; its engine loop runs for the app's lifespan."""
-    disable_created_metrics()  # the *_created series only add noise to every scrape
+    # The *_created series only add noise to every scrape.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     emulator = _Emulator(settings)
     app = JsonApp(on_startup=emulator.engine.start, on_shutdown=emulator.engine.stop)
     app.route("/v1/chat/completions", emulator.chat, methods=("POST",))
