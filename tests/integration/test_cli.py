@@ -1,0 +1,97 @@
+"""The command line as a user meets it: `inferplane up`, and one-line errors."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inferplane import launcher
+
+from .conftest import MODEL, client
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "inferplane"]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_starts_the_fleet_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    ports = [launcher.free_port() for _ in range(3)]
+    config = tmp_path / "fleet.yaml"
+    config.write_text(
+        f"""
+gateway: {{port: {ports[0]}}}
+data_dir: {tmp_path / "data"}
+models:
+  {MODEL}:
+    backends:
+      - {{url: "http://127.0.0.1:{ports[1]}", engine: emulated, gpu: H100, time_scale: 20}}
+      - {{url: "http://127.0.0.1:{ports[2]}", engine: emulated, gpu: A100, time_scale: 20}}
+tenants:
+  demo:
+    keys: [{{name: demo, sha256: 548770f97f4e507a56b9212560d6dccae77c2853dba551cd2adbb7faebd32bbc}}]
+"""
+    )
+    up = subprocess.Popen(
+        [*CLI, "up", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        gateway = launcher.Child("up", f"http://127.0.0.1:{ports[0]}", up)  # type: ignore[arg-type]
+        launcher.wait_healthy([gateway], timeout_s=30)
+        demo = client(gateway.url, key="sk-inferplane-demo")
+        for _ in range(2):  # one request per replica
+            reply = demo.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+            )
+            assert reply.usage is not None and reply.usage.completion_tokens <= 4
+        demo.close()
+        assert all(_port_open(p) for p in ports)
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=20)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    # uvicorn re-raises the SIGINT once drained: exit 130, the shell's code for Ctrl-C.
+    assert up.returncode in (0, 130), output
+    assert "stopped." in output
+    assert "Traceback" not in output
+    assert "sk-inferplane-demo" in output  # the copy-paste example
+    assert (tmp_path / "data" / "logs").is_dir()
+    assert not any(_port_open(p) for p in ports)  # replicas gone with the gateway
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--config", "/nonexistent.yaml"], "cannot read config"),
+        (["engine", "emulate", "--gpu", "TPUv9"], "TPUv9"),
+        (["engine", "emulate", "--model", "llama-3.1-70b", "--gpu", "L4"], "tp"),
+        (["bench", "overhead", "--scenario", "nope"], "unknown scenario nope"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(argv: list[str], message: str) -> None:
+    result = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.startswith("error:")
+
+
+def test_config_check_reports_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  m:\n    backends:\n      - url: http://h:1\n        weight: 2\n")
+    result = subprocess.run([*CLI, "config", "check", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{bad}:5: models.m.backends.0.weight: unknown key" in result.stderr
