@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import openai
@@ -17,8 +21,21 @@ KEY_B = "sk-test-tenant-b"
 ADMIN_KEY = "sk-test-admin"
 MODEL = "llama-3.1-8b"
 
+
+@dataclass(frozen=True)
+class Gateway:
+    """A gateway process and the data dir its usage ledger lives in."""
+
+    child: launcher.Child
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.child.url
+
+
 StartEmulator = Callable[..., launcher.Child]
-StartGateway = Callable[..., launcher.Child]
+StartGateway = Callable[..., Gateway]
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +81,13 @@ def start_gateway(
     """Start a gateway whose one model is served by ``backend_urls``."""
     workdir = tmp_path_factory.mktemp("gateway")
 
-    def start(backend_urls: list[str], extra_yaml: str = "") -> launcher.Child:
+    def start(backend_urls: list[str], extra_yaml: str = "") -> Gateway:
         port = launcher.free_port()
         backends = "\n".join(f"      - url: {url}\n        engine: vllm" for url in backend_urls)
         config = workdir / f"gateway-{port}.yaml"
         config.write_text(
             f"""
+data_dir: {workdir / f"data-{port}"}
 gateway:
   port: {port}
   read_timeout_s: 3
@@ -92,7 +110,7 @@ tenants:
         child = launcher.start(f"gateway-{port}", f"http://127.0.0.1:{port}", argv, log_dir=workdir)
         processes.append(child)
         launcher.wait_healthy([child])
-        return child
+        return Gateway(child, workdir / f"data-{port}")
 
     return start
 
@@ -117,3 +135,16 @@ def _close_clients() -> Iterator[None]:
 def log_text(child: launcher.Child) -> str:
     assert child.log_path is not None
     return Path(child.log_path).read_text()
+
+
+def ledger_rows(gateway: Gateway, expected: int, timeout_s: float = 5.0) -> list[dict[str, object]]:
+    """The gateway's usage records, once at least ``expected`` are on disk."""
+    path = gateway.data_dir / "ledger.sqlite3"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute("SELECT * FROM usage_events ORDER BY time")]
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)

@@ -8,21 +8,30 @@ import httpx
 import openai
 import pytest
 
-from inferplane import launcher
 from inferplane.perf import count_text_tokens
 
-from .conftest import ADMIN_KEY, KEY, KEY_B, MODEL, StartEmulator, StartGateway, client
+from .conftest import (
+    ADMIN_KEY,
+    KEY,
+    KEY_B,
+    MODEL,
+    Gateway,
+    StartEmulator,
+    StartGateway,
+    client,
+    ledger_rows,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def fleet(start_emulator: StartEmulator, start_gateway: StartGateway) -> launcher.Child:
+def fleet(start_emulator: StartEmulator, start_gateway: StartGateway) -> Gateway:
     replicas = [start_emulator(), start_emulator()]
     return start_gateway([r.url for r in replicas])
 
 
-def test_chat_completion_returns_text_and_exact_usage(fleet: launcher.Child) -> None:
+def test_chat_completion_returns_text_and_exact_usage(fleet: Gateway) -> None:
     reply = client(fleet.url).chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Name three colours."}],
@@ -37,7 +46,7 @@ def test_chat_completion_returns_text_and_exact_usage(fleet: launcher.Child) -> 
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + 12
 
 
-def test_stream_with_include_usage_ends_with_the_usage_chunk(fleet: launcher.Child) -> None:
+def test_stream_with_include_usage_ends_with_the_usage_chunk(fleet: Gateway) -> None:
     stream = client(fleet.url).chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Count to ten."}],
@@ -60,7 +69,7 @@ def _output_tokens_recorded(base_url: str) -> float:
 
 
 def test_stream_without_include_usage_hides_usage_but_still_records_it(
-    fleet: launcher.Child,
+    fleet: Gateway,
 ) -> None:
     before = _output_tokens_recorded(fleet.url)
     stream = client(fleet.url).chat.completions.create(
@@ -76,7 +85,7 @@ def test_stream_without_include_usage_hides_usage_but_still_records_it(
     assert _output_tokens_recorded(fleet.url) == before + 7
 
 
-def test_text_completion(fleet: launcher.Child) -> None:
+def test_text_completion(fleet: Gateway) -> None:
     reply = client(fleet.url).completions.create(
         model=MODEL, prompt="Once upon a time", max_tokens=5, extra_body={"ignore_eos": True}
     )
@@ -86,7 +95,7 @@ def test_text_completion(fleet: launcher.Child) -> None:
     )
 
 
-def test_embeddings_pass_through(fleet: launcher.Child) -> None:
+def test_embeddings_pass_through(fleet: Gateway) -> None:
     reply = client(fleet.url).embeddings.create(model=MODEL, input=["red apple", "green pear"])
     vectors = [d.embedding for d in reply.data]
     assert len(vectors) == 2 and len(vectors[0]) == 256
@@ -97,11 +106,11 @@ def test_embeddings_pass_through(fleet: launcher.Child) -> None:
     )
 
 
-def test_models_lists_the_logical_models(fleet: launcher.Child) -> None:
+def test_models_lists_the_logical_models(fleet: Gateway) -> None:
     assert [m.id for m in client(fleet.url).models.list()] == [MODEL]
 
 
-def test_wrong_key_is_401_and_missing_key_too(fleet: launcher.Child) -> None:
+def test_wrong_key_is_401_and_missing_key_too(fleet: Gateway) -> None:
     with pytest.raises(openai.AuthenticationError) as bad:
         client(fleet.url, key="sk-not-a-key").models.list()
     assert bad.value.code == "invalid_api_key"
@@ -110,7 +119,7 @@ def test_wrong_key_is_401_and_missing_key_too(fleet: launcher.Child) -> None:
     assert resp.json()["error"]["code"] == "missing_api_key"
 
 
-def test_model_not_allowed_for_tenant_is_403(fleet: launcher.Child) -> None:
+def test_model_not_allowed_for_tenant_is_403(fleet: Gateway) -> None:
     with pytest.raises(openai.PermissionDeniedError) as denied:
         client(fleet.url, key=KEY_B).chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1
@@ -119,14 +128,14 @@ def test_model_not_allowed_for_tenant_is_403(fleet: launcher.Child) -> None:
     assert client(fleet.url, key=KEY_B).models.list().data == []
 
 
-def test_admin_key_may_use_every_model(fleet: launcher.Child) -> None:
+def test_admin_key_may_use_every_model(fleet: Gateway) -> None:
     reply = client(fleet.url, key=ADMIN_KEY).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1
     )
     assert reply.usage is not None and reply.usage.completion_tokens == 1
 
 
-def test_unknown_model_is_404_with_model_not_found(fleet: launcher.Child) -> None:
+def test_unknown_model_is_404_with_model_not_found(fleet: Gateway) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client(fleet.url).chat.completions.create(
             model="gpt-9", messages=[{"role": "user", "content": "hi"}]
@@ -144,7 +153,7 @@ def test_unknown_model_is_404_with_model_not_found(fleet: launcher.Child) -> Non
     ],
 )
 def test_malformed_requests_are_400_in_openai_format(
-    fleet: launcher.Child, body: bytes, code: str
+    fleet: Gateway, body: bytes, code: str
 ) -> None:
     resp = httpx.post(
         fleet.url + "/v1/chat/completions",
@@ -158,7 +167,7 @@ def test_malformed_requests_are_400_in_openai_format(
     assert set(error) == {"message", "type", "param", "code"}
 
 
-def test_oversized_body_is_413(fleet: launcher.Child) -> None:
+def test_oversized_body_is_413(fleet: Gateway) -> None:
     with pytest.raises(openai.APIStatusError) as too_big:
         client(fleet.url).chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "x" * 100_000}], max_tokens=1
@@ -167,7 +176,7 @@ def test_oversized_body_is_413(fleet: launcher.Child) -> None:
     assert too_big.value.code == "request_too_large"
 
 
-def test_upstream_4xx_passes_through(fleet: launcher.Child) -> None:
+def test_upstream_4xx_passes_through(fleet: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client(fleet.url).chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=10**7
@@ -175,7 +184,7 @@ def test_upstream_4xx_passes_through(fleet: launcher.Child) -> None:
     assert bad.value.code == "context_length_exceeded"
 
 
-def test_every_response_carries_a_request_id(fleet: launcher.Child) -> None:
+def test_every_response_carries_a_request_id(fleet: Gateway) -> None:
     ok = httpx.get(fleet.url + "/health")
     refused = httpx.get(fleet.url + "/v1/models")
     echoed = httpx.get(fleet.url + "/health", headers={"x-request-id": "trace-42"})
@@ -184,7 +193,7 @@ def test_every_response_carries_a_request_id(fleet: launcher.Child) -> None:
     assert echoed.headers["x-request-id"] == "trace-42"
 
 
-def test_gateway_metrics_use_genai_names(fleet: launcher.Child) -> None:
+def test_gateway_metrics_use_genai_names(fleet: Gateway) -> None:
     stream = client(fleet.url).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True
     )
@@ -200,3 +209,38 @@ def test_gateway_metrics_use_genai_names(fleet: launcher.Child) -> None:
         assert name in metrics, name
     assert 'gen_ai_token_type="input"' in metrics
     assert 'tenant="tenant-a"' in metrics
+
+
+def test_every_forwarded_request_is_recorded_in_the_ledger(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway([start_emulator().url])
+    whole = client(gateway.url).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=5,
+        extra_body={"ignore_eos": True},
+    )
+    streamed = client(gateway.url).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=9,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    assert len(list(streamed.parse())) > 0
+    with pytest.raises(openai.BadRequestError):
+        client(gateway.url).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=10**7
+        )
+    rows = ledger_rows(gateway, expected=3)
+    by_id = {row["request_id"]: row for row in rows}
+    first = by_id[whole.headers["x-request-id"]]
+    assert (first["tenant"], first["key_name"], first["model"]) == ("tenant-a", "a", MODEL)
+    assert (first["status"], first["output_tokens"], first["operation"]) == (200, 5, "chat")
+    assert first["input_tokens"] == whole.parse().usage.prompt_tokens
+    second = by_id[streamed.headers["x-request-id"]]
+    assert (second["status"], second["output_tokens"]) == (200, 9)
+    assert second["ttft_s"] is not None and second["ttft_s"] <= second["duration_s"]
+    refused = [r for r in rows if r["status"] == 400]
+    assert len(refused) == 1 and refused[0]["error_type"] == "context_length_exceeded"

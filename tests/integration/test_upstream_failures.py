@@ -15,7 +15,7 @@ import pytest
 
 from inferplane import launcher
 
-from .conftest import MODEL, StartEmulator, StartGateway, client
+from .conftest import MODEL, Gateway, StartEmulator, StartGateway, client
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +127,7 @@ def _url(server: ThreadingHTTPServer) -> str:
     return f"http://{host}:{port}"
 
 
-def _stream_error(gateway: launcher.Child) -> openai.APIError:
+def _stream_error(gateway: Gateway) -> openai.APIError:
     stream = client(gateway.url).chat.completions.create(model=MODEL, messages=HI, stream=True)
     with pytest.raises(openai.APIError) as failed:
         for _ in stream:

@@ -104,7 +104,7 @@ def _row(
     }
 
 
-def _gateway_config(engine_ports: dict[str, int], gateway_port: int) -> str:
+def _gateway_config(engine_ports: dict[str, int], gateway_port: int, data_dir: Path) -> str:
     from inferplane.gateway import hash_key
 
     models = "".join(
@@ -113,7 +113,8 @@ def _gateway_config(engine_ports: dict[str, int], gateway_port: int) -> str:
         for name, port in engine_ports.items()
     )
     return (
-        f"gateway: {{host: 127.0.0.1, port: {gateway_port}}}\nmodels:\n{models}"
+        f"gateway: {{host: 127.0.0.1, port: {gateway_port}}}\ndata_dir: {data_dir}\n"
+        f"models:\n{models}"
         f"tenants:\n  bench:\n    keys: [{{name: bench, sha256: {hash_key(_KEY)}}}]\n"
     )
 
@@ -149,7 +150,7 @@ def run_overhead(
     ]
     gateway_port = launcher.free_port()
     config_path = workdir / "gateway.yaml"
-    config_path.write_text(_gateway_config(ports, gateway_port))
+    config_path.write_text(_gateway_config(ports, gateway_port, workdir / "data"))
     gateway = launcher.start(
         "gateway",
         f"http://127.0.0.1:{gateway_port}",

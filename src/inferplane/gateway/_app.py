@@ -13,12 +13,15 @@ from inferplane.asgi import JsonApp
 from inferplane.config import Config
 from inferplane.gateway._auth import KeyRing, Principal
 from inferplane.gateway._http1 import Http1Upstream
-from inferplane.gateway._proxy import ModelRoute, Proxy
+from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
 from inferplane.gateway._upstream import Upstream
+from inferplane.ledger import SqliteLedger
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import OpenAIError
 
-__all__ = ["create_gateway_app"]
+__all__ = ["LEDGER_FILE", "create_gateway_app"]
+
+LEDGER_FILE = "ledger.sqlite3"
 
 # OpenAI operation names (gen_ai.operation.name) by route.
 _OPERATIONS = {
@@ -48,11 +51,12 @@ class Gateway:
             read_timeout_s=s.read_timeout_s,
             max_connections_per_host=s.max_connections_per_backend,
         )
-        self.proxy = Proxy(upstream, self.metrics)
+        self.proxy = Proxy(upstream, self.metrics, SqliteLedger(self.config.data_dir / LEDGER_FILE))
 
     async def stop(self) -> None:
         if self.proxy is not None:
             await self.proxy.upstream.aclose()
+            self.proxy.ledger.close()
 
     # -- routes ------------------------------------------------------------
 
@@ -80,9 +84,16 @@ class Gateway:
         if stream is not None and not isinstance(stream, bool):
             raise OpenAIError(400, "'stream' must be a boolean.", "invalid_value", param="stream")
         path = request.scope["path"]
-        labels = self.metrics.labels(model, _OPERATIONS[path], principal.tenant)
+        operation = _OPERATIONS[path]
+        exchange = Exchange(
+            request_id=request.scope["state"]["request_id"],
+            principal=principal,
+            model=model,
+            operation=operation,
+            labels=self.metrics.labels(model, operation, principal.tenant),
+        )
         assert self.proxy is not None, "gateway not started"
-        return await self.proxy.forward(route, path, body, raw, labels)
+        return await self.proxy.forward(route, path, body, raw, exchange)
 
     def _check_allowed(self, principal: Principal, model: str) -> None:
         if principal.is_admin:
@@ -145,7 +156,9 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
 
 
 def create_gateway_app(config: Config, upstream: Upstream | None = None) -> JsonApp:
-    """The gateway as an ASGI app; ``upstream`` replaces the HTTP client (tests, twin)."""
+    """The gateway as an ASGI app; ``upstream`` replaces the HTTP client (tests, twin).
+
+    Every forwarded request is recorded in SQLite under ``config.data_dir``."""
     # The *_created series only add noise to every scrape.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     gateway = Gateway(config, upstream)

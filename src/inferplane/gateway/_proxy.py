@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 from inferplane.asgi import EventStreamResponse
 from inferplane.config import Backend, Model
+from inferplane.gateway._auth import Principal
 from inferplane.gateway._upstream import (
     Upstream,
     UpstreamConnectError,
@@ -32,11 +33,12 @@ from inferplane.gateway._upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from inferplane.ledger import SqliteLedger, UsageEvent
 from inferplane.policy import RoundRobin
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, SSEDecoder, error_event, sse_payload
 
-__all__ = ["ModelRoute", "Proxy"]
+__all__ = ["Exchange", "ModelRoute", "Proxy"]
 
 log = logging.getLogger("inferplane.gateway")
 
@@ -62,9 +64,18 @@ class ModelRoute:
 
 
 @dataclass(slots=True)
-class _Outcome:
-    """What the relay learned about one request, for metrics and (later) the ledger."""
+class Exchange:
+    """One forwarded request: who asked, and what the gateway learned as it went."""
 
+    request_id: str
+    principal: Principal
+    model: str
+    operation: str
+    labels: tuple[str, str, str]
+    arrival: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    backend: str | None = None
+    status: int = 200
     input_tokens: int | None = None
     output_tokens: int | None = None
     ttft_s: float | None = None
@@ -72,21 +83,45 @@ class _Outcome:
 
 
 class Proxy:
-    def __init__(self, upstream: Upstream, metrics: GatewayMetrics) -> None:
+    def __init__(self, upstream: Upstream, metrics: GatewayMetrics, ledger: SqliteLedger) -> None:
         self.upstream = upstream
         self.metrics = metrics
+        self.ledger = ledger
+
+    def _settle(self, ex: Exchange) -> None:
+        """Account a request that ended, exactly once: metrics, then the usage record."""
+        duration = time.perf_counter() - ex.t0
+        self.metrics.finished(
+            ex.labels,
+            duration,
+            ttft_s=ex.ttft_s,
+            input_tokens=ex.input_tokens,
+            output_tokens=ex.output_tokens,
+            error_type=ex.error_type,
+        )
+        if self.ledger is not None:
+            self.ledger.append(
+                UsageEvent(
+                    request_id=ex.request_id,
+                    time=ex.arrival,
+                    tenant=ex.principal.tenant,
+                    key_name=ex.principal.key_name,
+                    model=ex.model,
+                    backend=ex.backend,
+                    operation=ex.operation,
+                    status=ex.status,
+                    error_type=ex.error_type,
+                    input_tokens=ex.input_tokens,
+                    output_tokens=ex.output_tokens,
+                    ttft_s=ex.ttft_s,
+                    duration_s=duration,
+                )
+            )
 
     async def forward(
-        self,
-        route: ModelRoute,
-        path: str,
-        body: dict[str, Any],
-        raw: bytes,
-        labels: tuple[str, str, str],
+        self, route: ModelRoute, path: str, body: dict[str, Any], raw: bytes, ex: Exchange
     ) -> Response:
-        t0 = time.perf_counter()
         self.metrics.started(route.name)
-        outcome = _Outcome()
         streamed = False
         try:
             stream = body.get("stream") is True
@@ -97,35 +132,25 @@ class Proxy:
                     hide_usage = True
                     body["stream_options"] = {**(options or {}), "include_usage": True}
             resp, backend = await self._send(route, path, body, raw, rewrite=hide_usage)
+            ex.backend = backend.label
             if resp.status >= 400:
                 raise await _upstream_refusal(resp, backend)
             if stream and resp.content_type == "text/event-stream":
                 streamed = True
-                relay = self._relay(resp, outcome, hide_usage, labels, t0)
-                return EventStreamResponse(relay, headers=SSE_HEADERS)
+                return EventStreamResponse(self._relay(resp, ex, hide_usage), headers=SSE_HEADERS)
             payload = await resp.read()
-            _read_usage(payload, outcome)
+            _read_usage(payload, ex)
             return Response(payload, media_type=resp.content_type or "application/json")
         except OpenAIError as exc:
-            outcome.error_type = exc.code
+            ex.status, ex.error_type = exc.status, exc.code
             raise
         except UpstreamError as exc:
-            outcome.error_type = (
-                "upstream_timeout"
-                if isinstance(exc, UpstreamTimeout)
-                else ("upstream_disconnected")
-            )
-            raise _as_refusal(exc) from exc
+            refusal = _as_refusal(exc)
+            ex.status, ex.error_type = refusal.status, refusal.code
+            raise refusal from exc
         finally:
             if not streamed:
-                self.metrics.finished(
-                    labels,
-                    time.perf_counter() - t0,
-                    ttft_s=outcome.ttft_s,
-                    input_tokens=outcome.input_tokens,
-                    output_tokens=outcome.output_tokens,
-                    error_type=outcome.error_type,
-                )
+                self._settle(ex)
 
     async def _send(
         self, route: ModelRoute, path: str, body: dict[str, Any], raw: bytes, *, rewrite: bool
@@ -156,15 +181,10 @@ class Proxy:
         )
 
     async def _relay(
-        self,
-        resp: UpstreamResponse,
-        outcome: _Outcome,
-        hide_usage: bool,
-        labels: tuple[str, str, str],
-        t0: float,
+        self, resp: UpstreamResponse, ex: Exchange, hide_usage: bool
     ) -> AsyncIterator[bytes]:
         """Pass SSE events through as they come, watching usage and the first token."""
-        watch = _StreamWatch(outcome, hide_usage, t0)
+        watch = _StreamWatch(ex, hide_usage)
         done = False
         decoder = SSEDecoder()
         pieces = resp.chunks()
@@ -197,34 +217,27 @@ class Proxy:
                 if done:
                     await _finish_quietly(pieces)
                     return
-                if outcome.error_type is not None:
+                if ex.error_type is not None:
                     return
-            outcome.error_type = "upstream_incomplete_stream"
+            ex.error_type = "upstream_incomplete_stream"
             yield error_event(
-                "The model server ended the stream before it was complete.", outcome.error_type
+                "The model server ended the stream before it was complete.", ex.error_type
             )
         except UpstreamError as exc:
-            outcome.error_type = (
+            ex.error_type = (
                 "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_disconnected"
             )
-            yield error_event(f"The model server failed mid-stream: {exc}", outcome.error_type)
+            yield error_event(f"The model server failed mid-stream: {exc}", ex.error_type)
         except asyncio.CancelledError:
-            outcome.error_type = "client_disconnected"
+            ex.error_type = "client_disconnected"
             raise
         finally:
             resp.close()
-            if outcome.output_tokens is None and watch.num_content_events:
+            if ex.output_tokens is None and watch.num_content_events:
                 # A backend that never reported usage: one streamed event per token is
                 # what vLLM, SGLang and TGI send, so count events (approximate).
-                outcome.output_tokens = watch.num_content_events
-            self.metrics.finished(
-                labels,
-                time.perf_counter() - t0,
-                ttft_s=outcome.ttft_s,
-                input_tokens=outcome.input_tokens,
-                output_tokens=outcome.output_tokens,
-                error_type=outcome.error_type,
-            )
+                ex.output_tokens = watch.num_content_events
+            self._settle(ex)
 
 
 class _Verdict(enum.Enum):
@@ -242,41 +255,40 @@ class _StreamWatch:
     usage or an error; the others get a cheap shape check.
     """
 
-    __slots__ = ("hide_usage", "num_content_events", "outcome", "t0")
+    __slots__ = ("ex", "hide_usage", "num_content_events")
 
-    def __init__(self, outcome: _Outcome, hide_usage: bool, t0: float) -> None:
-        self.outcome = outcome
+    def __init__(self, ex: Exchange, hide_usage: bool) -> None:
+        self.ex = ex
         self.hide_usage = hide_usage
-        self.t0 = t0
         self.num_content_events = 0
 
     def inspect(self, data: bytes) -> _Verdict:
         if not (data.startswith(b"{") and data.endswith(b"}")):
-            self.outcome.error_type = "upstream_malformed_stream"
+            self.ex.error_type = "upstream_malformed_stream"
             return _Verdict.MALFORMED
-        if self.outcome.ttft_s is not None and b'"usage"' not in data and b'"error"' not in data:
+        if self.ex.ttft_s is not None and b'"usage"' not in data and b'"error"' not in data:
             self.num_content_events += 1
             return _Verdict.FORWARD
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            self.outcome.error_type = "upstream_malformed_stream"
+            self.ex.error_type = "upstream_malformed_stream"
             return _Verdict.MALFORMED
         if not isinstance(chunk, dict):
             return _Verdict.FORWARD
         if "error" in chunk:
-            self.outcome.error_type = "upstream_error"
+            self.ex.error_type = "upstream_error"
             return _Verdict.LAST
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            _take_usage(usage, self.outcome)
+            _take_usage(usage, self.ex)
         choices = chunk.get("choices")
         if not choices:
             return _Verdict.DROP if self.hide_usage and usage is not None else _Verdict.FORWARD
         if _delta_text(choices[0]):
             self.num_content_events += 1
-            if self.outcome.ttft_s is None:
-                self.outcome.ttft_s = time.perf_counter() - self.t0
+            if self.ex.ttft_s is None:
+                self.ex.ttft_s = time.perf_counter() - self.ex.t0
         return _Verdict.FORWARD
 
 
@@ -303,24 +315,24 @@ def _delta_text(choice: Any) -> str:
     return text if isinstance(text, str) else ""
 
 
-def _take_usage(usage: dict[str, Any], outcome: _Outcome) -> None:
+def _take_usage(usage: dict[str, Any], ex: Exchange) -> None:
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if isinstance(prompt, int):
-        outcome.input_tokens = prompt
+        ex.input_tokens = prompt
     if isinstance(completion, int):
-        outcome.output_tokens = completion
+        ex.output_tokens = completion
 
 
-def _read_usage(payload: bytes, outcome: _Outcome) -> None:
+def _read_usage(payload: bytes, ex: Exchange) -> None:
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        outcome.error_type = "upstream_malformed_response"
+        ex.error_type = "upstream_malformed_response"
         raise OpenAIError(
             502, "The model server sent a response that is not JSON.", "upstream_malformed_response"
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
-        _take_usage(obj["usage"], outcome)
+        _take_usage(obj["usage"], ex)
 
 
 async def _upstream_refusal(resp: UpstreamResponse, backend: Backend) -> OpenAIError:

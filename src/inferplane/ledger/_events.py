@@ -1,0 +1,26 @@
+"""What the gateway records about every request it forwarded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["UsageEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One forwarded request, as it ended. Token counts are None when unknown."""
+
+    request_id: str
+    time: float  # unix seconds when the request arrived
+    tenant: str
+    key_name: str
+    model: str  # logical model
+    backend: str | None  # the replica that answered, None if none was reached
+    operation: str  # chat, text_completion, embeddings
+    status: int  # HTTP status the client got (200 also for streams cut by an error event)
+    error_type: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    ttft_s: float | None
+    duration_s: float

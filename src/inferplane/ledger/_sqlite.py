@@ -1,0 +1,100 @@
+"""Usage events in SQLite (WAL), written in batches by one background thread.
+
+The event loop never waits on the disk: ``append`` hands the event to a
+queue; a writer thread inserts whatever has accumulated in one transaction,
+at most ``flush_interval_s`` after it arrived. ``close`` writes what is left.
+The schema is versioned (``PRAGMA user_version``) and migrated on open.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import astuple, fields
+from pathlib import Path
+
+from inferplane.ledger._events import UsageEvent
+
+__all__ = ["SqliteLedger"]
+
+# Each entry migrates the schema from version i to i + 1; never edit one that shipped.
+_MIGRATIONS = (
+    """
+    CREATE TABLE usage_events (
+        request_id TEXT PRIMARY KEY,
+        time REAL NOT NULL,
+        tenant TEXT NOT NULL,
+        key_name TEXT NOT NULL,
+        model TEXT NOT NULL,
+        backend TEXT,
+        operation TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        error_type TEXT,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        ttft_s REAL,
+        duration_s REAL NOT NULL
+    );
+    CREATE INDEX usage_events_tenant_time ON usage_events (tenant, time);
+    """,
+)
+
+_COLUMNS = [f.name for f in fields(UsageEvent)]
+_INSERT = (
+    f"INSERT OR IGNORE INTO usage_events ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_STOP = object()
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns that version."""
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    for i in range(version, len(_MIGRATIONS)):
+        # One transaction per step: a crash leaves the schema at a whole version.
+        db.executescript(f"BEGIN; {_MIGRATIONS[i]} PRAGMA user_version = {i + 1}; COMMIT;")
+    return len(_MIGRATIONS)
+
+
+class SqliteLedger:
+    def __init__(self, path: Path, flush_interval_s: float = 0.05) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.flush_interval_s = flush_interval_s
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        migrate(db)
+        self._db = db
+        self._queue: queue.SimpleQueue[UsageEvent | object] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
+        self._writer.start()
+
+    def append(self, event: UsageEvent) -> None:
+        """Queue an event; it is on disk within ``flush_interval_s``. Never blocks."""
+        self._queue.put(event)
+
+    def close(self) -> None:
+        """Write everything appended so far, then stop."""
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._db.close()
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + self.flush_interval_s
+            while len(batch) < 1000 and (left := deadline - time.monotonic()) > 0:
+                try:
+                    batch.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            events = [e for e in batch if isinstance(e, UsageEvent)]
+            stopping = len(events) < len(batch)
+            if events:
+                self._db.execute("BEGIN")
+                self._db.executemany(_INSERT, [astuple(e) for e in events])
+                self._db.execute("COMMIT")

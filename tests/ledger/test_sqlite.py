@@ -1,0 +1,78 @@
+"""SqliteLedger: what is appended is on disk after close, in a versioned schema."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from inferplane.ledger import SqliteLedger, UsageEvent, migrate
+
+
+def event(i: int, **changes: object) -> UsageEvent:
+    base = dict(
+        request_id=f"r{i}",
+        time=1_700_000_000.0 + i,
+        tenant="acme",
+        key_name="prod",
+        model="llama-3.1-8b",
+        backend="10.0.0.5:8000",
+        operation="chat",
+        status=200,
+        error_type=None,
+        input_tokens=10 + i,
+        output_tokens=20 + i,
+        ttft_s=0.05,
+        duration_s=0.5,
+    )
+    return UsageEvent(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def rows(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            "SELECT request_id, tenant, input_tokens, output_tokens, status, error_type "
+            "FROM usage_events ORDER BY time"
+        ).fetchall()
+
+
+def test_everything_appended_is_written_by_close(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    for i in range(2500):  # more than one batch
+        ledger.append(event(i))
+    ledger.append(
+        event(
+            2500,
+            status=502,
+            error_type="upstream_unreachable",
+            backend=None,
+            input_tokens=None,
+            output_tokens=None,
+        )
+    )
+    ledger.close()
+    written = rows(tmp_path / "ledger.sqlite3")
+    assert len(written) == 2501
+    assert written[0] == ("r0", "acme", 10, 20, 200, None)
+    assert written[-1] == ("r2500", "acme", None, None, 502, "upstream_unreachable")
+
+
+def test_a_request_is_recorded_once_even_if_appended_twice(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    ledger.append(event(1))
+    ledger.append(event(1, output_tokens=999))
+    ledger.close()
+    assert rows(tmp_path / "ledger.sqlite3") == [("r1", "acme", 11, 21, 200, None)]
+
+
+def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    first = SqliteLedger(path)
+    first.append(event(1))
+    first.close()
+    second = SqliteLedger(path)
+    second.append(event(2))
+    second.close()
+    assert [r[0] for r in rows(path)] == ["r1", "r2"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert migrate(db) == db.execute("PRAGMA user_version").fetchone()[0] == 1
