@@ -81,7 +81,7 @@ def start_gateway(
     """Start a gateway whose one model is served by ``backend_urls``."""
     workdir = tmp_path_factory.mktemp("gateway")
 
-    def start(backend_urls: list[str], extra_yaml: str = "") -> Gateway:
+    def start(backend_urls: list[str]) -> Gateway:
         port = launcher.free_port()
         backends = "\n".join(f"      - url: {url}\n        engine: vllm" for url in backend_urls)
         config = workdir / f"gateway-{port}.yaml"
@@ -104,7 +104,7 @@ tenants:
   tenant-b:
     keys: [{{name: b, sha256: {hash_key(KEY_B)}}}]
     models: []
-{extra_yaml}"""
+"""
         )
         argv = [sys.executable, "-m", "inferplane", "serve", "--config", str(config)]
         child = launcher.start(f"gateway-{port}", f"http://127.0.0.1:{port}", argv, log_dir=workdir)
