@@ -174,6 +174,10 @@ def engine_emulate(
     kv_capacity_tokens: Annotated[
         int | None, typer.Option(help="Override the KV cache size derived from memory.")
     ] = None,
+    chunked_prefill: Annotated[
+        bool,
+        typer.Option(help="Split long prompts across steps (vLLM v1) or prefill them whole."),
+    ] = True,
     error_rate: Annotated[
         float, typer.Option(help="Fault injection: fraction of requests answered with HTTP 500.")
     ] = 0.0,
@@ -189,6 +193,7 @@ def engine_emulate(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             kv_capacity_tokens=kv_capacity_tokens,
+            enable_chunked_prefill=chunked_prefill,
         )
         settings = EmulatorSettings(
             gpu=gpu,

@@ -85,6 +85,19 @@ def test_long_prompt_is_prefilled_in_chunks_of_the_token_budget() -> None:
     assert events[1:] == [Produced("a", 1, pytest.approx(t)), Finished("a", pytest.approx(t), 1)]
 
 
+def test_without_chunked_prefill_a_prompt_goes_in_whole() -> None:
+    engine = core(max_num_batched_tokens=8192, enable_chunked_prefill=False)
+    engine.add_request(EngineRequest("long", 10_000, 1), now=0.0)  # alone: runs, over budget
+    engine.add_request(EngineRequest("short", 100, 1), now=0.0)  # waits: no budget left
+    first = prefill(10_000)
+    assert engine.next_event_time() == pytest.approx(first)
+    events = drain(engine)
+    assert [e for e in events if isinstance(e, Finished)] == [
+        Finished("long", pytest.approx(first), 1),
+        Finished("short", pytest.approx(first + prefill(100)), 1),
+    ]
+
+
 def test_idle_engine_starts_at_the_arrival_time() -> None:
     engine = core()
     engine.add_request(EngineRequest("a", 10, 1), now=5.0)
