@@ -32,7 +32,8 @@ def test_tool_is_clean(command: list[str]) -> None:
 @pytest.mark.parametrize("pure", ["perf", "policy"])
 def test_pure_packages_do_no_io_and_read_no_clock(pure: str) -> None:
     # The one rule of the architecture: decisions are pure, time is passed in.
-    forbidden = {"time", "asyncio", "socket", "os", "subprocess", "datetime", "random"}
+    forbidden = {"time", "asyncio", "socket", "os", "subprocess", "random", "threading"}
+    clock_reads = {"now", "utcnow", "today", "monotonic", "perf_counter", "time_ns"}
     forbidden_inferplane = ("gateway", "ledger", "twin", "engines", "launcher", "server")
     for path in (PACKAGE / pure).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -49,3 +50,5 @@ def test_pure_packages_do_no_io_and_read_no_clock(pure: str) -> None:
                     assert parts[1] not in forbidden_inferplane, f"{path.name} imports {name}"
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "open":
                 pytest.fail(f"{path.name} opens a file")
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in clock_reads:
+                pytest.fail(f"{path.name} reads a clock ({ast.unparse(node)})")

@@ -1,0 +1,246 @@
+"""Execution budgets: reserve the worst case before a request runs, settle the truth after.
+
+Pure arithmetic on integers (tokens, calls, retries, micro-dollars,
+milliseconds), so nothing drifts; time is passed in. The same objects serve
+one gateway's in-memory budgets, a lease of budget held by one process, and
+the shared book a database keeps for several gateways.
+
+Invariant (checked after every change, and by property tests): for every
+account and every limited dimension, ``spent + reserved <= limit`` holds as
+long as no settlement exceeds its reservation, and nothing is ever negative.
+A settlement larger than its reservation is still recorded (the truth is the
+truth) and shows as overspend; the gateway prevents it by cutting streams.
+"""
+
+from __future__ import annotations
+
+import calendar
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime  # calendar arithmetic on a given time; no clock is read
+
+__all__ = [
+    "Account",
+    "Amount",
+    "Book",
+    "BudgetLimits",
+    "Granted",
+    "Refused",
+    "Scope",
+    "Window",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """A quantity of every budget dimension; all integers, never floats."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+    retries: int = 0
+    cost_micros: int = 0  # US dollars x 1e6
+    wall_ms: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Amount) -> Amount:
+        return Amount(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
+
+    def __sub__(self, other: Amount) -> Amount:
+        return Amount(*(getattr(self, f) - getattr(other, f) for f in _FIELDS))
+
+    def get(self, dimension: str) -> int:
+        return self.total_tokens if dimension == "total_tokens" else int(getattr(self, dimension))
+
+    def is_nonnegative(self) -> bool:
+        return all(getattr(self, f) >= 0 for f in _FIELDS)
+
+
+_FIELDS = tuple(f.name for f in fields(Amount))
+ZERO = Amount()
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimits:
+    """Limits per dimension; None means unlimited. Every limit must be >= 0."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    calls: int | None = None
+    retries: int | None = None
+    cost_micros: int | None = None
+    wall_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, limit in self.items():
+            if limit < 0:
+                raise ValueError(f"budget limit {name} must be >= 0, got {limit}")
+
+    def items(self) -> Iterable[tuple[str, int]]:
+        """(dimension, limit) for every limited dimension."""
+        for f in fields(self):
+            limit = getattr(self, f.name)
+            if limit is not None:
+                yield f.name, limit
+
+
+class Window(enum.StrEnum):
+    """When spend resets: never, or at the start of each UTC calendar day or month."""
+
+    LIFETIME = "lifetime"
+    DAY = "day"
+    MONTH = "month"
+
+    def start(self, now: float) -> float:
+        """Unix time at which the window containing ``now`` began."""
+        if self is Window.LIFETIME:
+            return float("-inf")
+        t = datetime.fromtimestamp(now, UTC)
+        day = 1 if self is Window.MONTH else t.day
+        return float(calendar.timegm((t.year, t.month, day, 0, 0, 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Who a budget belongs to: ``tenant``, ``key``, ``workflow`` or ``run``, and an id."""
+
+    kind: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The first scope and dimension that could not fit the request."""
+
+    scope: Scope
+    dimension: str
+    limit: int
+    used: int  # spent + reserved in the current window
+    requested: int
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+@dataclass(slots=True)
+class _Hold:
+    amount: Amount
+    expires_at: float
+
+
+@dataclass
+class Account:
+    """One scope's budget in its current window: what is spent and what is held."""
+
+    scope: Scope
+    limits: BudgetLimits
+    window: Window = Window.LIFETIME
+    window_start: float = float("-inf")
+    spent: Amount = ZERO
+    reserved: Amount = ZERO  # the sum of ``held``, kept up to date
+    held: dict[str, _Hold] = field(default_factory=dict)
+
+    def roll(self, now: float) -> None:
+        """Start a new window if ``now`` is past the current one; holds stay held."""
+        start = self.window.start(now)
+        if start > self.window_start:
+            self.window_start = start
+            self.spent = ZERO
+
+    def check(self, amount: Amount, now: float) -> Refused | None:
+        """Would ``amount`` fit on top of what is spent and held? None when it does."""
+        self.roll(now)
+        used = self.spent + self.reserved
+        for dimension, limit in self.limits.items():
+            if used.get(dimension) + amount.get(dimension) > limit:
+                return Refused(
+                    self.scope, dimension, limit, used.get(dimension), amount.get(dimension)
+                )
+        return None
+
+    def hold(self, request_id: str, amount: Amount, expires_at: float) -> None:
+        self._release(request_id)
+        self.held[request_id] = _Hold(amount, expires_at)
+        self.reserved = self.reserved + amount
+
+    def settle(self, request_id: str, actual: Amount, now: float) -> None:
+        """Replace the hold of ``request_id`` (if any) by what it actually used."""
+        self.roll(now)
+        self._release(request_id)
+        self.spent = self.spent + actual
+        assert self.spent.is_nonnegative() and self.reserved.is_nonnegative()
+
+    def expire(self, now: float) -> list[str]:
+        """Drop holds past their expiry (requests that crashed); returns their ids."""
+        gone = [rid for rid, hold in self.held.items() if hold.expires_at <= now]
+        for rid in gone:
+            self._release(rid)
+        return gone
+
+    def _release(self, request_id: str) -> None:
+        hold = self.held.pop(request_id, None)
+        if hold is not None:
+            self.reserved = self.reserved - hold.amount
+
+    def remaining(self, now: float) -> dict[str, int]:
+        self.roll(now)
+        used = self.spent + self.reserved
+        return {dim: max(0, limit - used.get(dim)) for dim, limit in self.limits.items()}
+
+
+class Book:
+    """All accounts; a request is charged to every scope on its path, all or nothing."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[Scope, Account] = {}
+
+    def open(self, scope: Scope, limits: BudgetLimits, window: Window = Window.LIFETIME) -> None:
+        """Add a budget, or change the limits of one (its spend is kept)."""
+        account = self.accounts.get(scope)
+        if account is None:
+            self.accounts[scope] = Account(scope, limits, window)
+        else:
+            account.limits, account.window = limits, window
+
+    def reserve(
+        self, request_id: str, scopes: Iterable[Scope], amount: Amount, now: float, ttl_s: float
+    ) -> Granted | Refused:
+        """Hold ``amount`` in every budgeted scope, or in none if one cannot fit it."""
+        if not amount.is_nonnegative():
+            raise ValueError(f"cannot reserve a negative amount: {amount}")
+        accounts = [a for s in scopes if (a := self.accounts.get(s)) is not None]
+        for account in accounts:
+            refused = account.check(amount, now)
+            if refused is not None:
+                return refused
+        for account in accounts:
+            account.hold(request_id, amount, now + ttl_s)
+        return Granted(request_id)
+
+    def settle(self, request_id: str, scopes: Iterable[Scope], actual: Amount, now: float) -> None:
+        if not actual.is_nonnegative():
+            raise ValueError(f"cannot settle a negative amount: {actual}")
+        for scope in scopes:
+            account = self.accounts.get(scope)
+            if account is not None:
+                account.settle(request_id, actual, now)
+
+    def expire(self, now: float) -> set[str]:
+        expired: set[str] = set()
+        for account in self.accounts.values():
+            expired.update(account.expire(now))
+        return expired
