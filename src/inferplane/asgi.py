@@ -52,8 +52,9 @@ def error_response(exc: OpenAIError) -> Response:
 class EventStreamResponse(Response):
     """``text/event-stream`` from an async iterator of byte chunks, each sent as it comes.
 
-    When the client hangs up, the iterator is closed at once (its ``finally``
-    runs), so an upstream generation can be stopped. Starlette's
+    The status line goes out with the first chunk. When the client hangs up,
+    the iterator is closed at once (its ``finally`` runs), so an upstream
+    generation can be stopped. Starlette's
     StreamingResponse does the same with an anyio task group per response; a
     py-spy profile put that at a fifth of the gateway's CPU on short streams,
     so this watches for the disconnect with one plain task instead.
@@ -81,7 +82,11 @@ class EventStreamResponse(Response):
                 task.cancel()
 
         watcher = asyncio.create_task(watch_disconnect())
+        chunks = self.body_iterator
         try:
+            # The status line waits for the first chunk: the iterator has then started,
+            # so its own cleanup runs whatever happens next, even if the client is gone.
+            first = await anext(chunks, b"")
             await send(
                 {
                     "type": "http.response.start",
@@ -89,7 +94,8 @@ class EventStreamResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             state["finished"] = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -99,7 +105,7 @@ class EventStreamResponse(Response):
             task.uncancel()  # our own cancellation: the client left, the response is over
         finally:
             watcher.cancel()
-            aclose = getattr(self.body_iterator, "aclose", None)
+            aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
 
