@@ -78,16 +78,27 @@ def start_emulator(
 def start_gateway(
     processes: list[launcher.Child], tmp_path_factory: pytest.TempPathFactory
 ) -> StartGateway:
-    """Start a gateway whose one model is served by ``backend_urls``."""
+    """Start a gateway whose one model is served by ``backend_urls``.
+
+    ``tenant_a`` adds YAML lines to tenant-a (budgets); ``model`` to the model (price);
+    ``data_dir`` reuses a ledger, to restart a gateway on the same state.
+    """
     workdir = tmp_path_factory.mktemp("gateway")
 
-    def start(backend_urls: list[str]) -> Gateway:
+    def start(
+        backend_urls: list[str],
+        *,
+        tenant_a: str = "",
+        model: str = "",
+        data_dir: Path | None = None,
+    ) -> Gateway:
         port = launcher.free_port()
+        data_dir = data_dir or workdir / f"data-{port}"
         backends = "\n".join(f"      - url: {url}\n        engine: vllm" for url in backend_urls)
         config = workdir / f"gateway-{port}.yaml"
         config.write_text(
             f"""
-data_dir: {workdir / f"data-{port}"}
+data_dir: {data_dir}
 gateway:
   port: {port}
   read_timeout_s: 3
@@ -96,11 +107,13 @@ gateway:
 admin_key_sha256: {hash_key(ADMIN_KEY)}
 models:
   {MODEL}:
+    {model}
     backends:
 {backends}
 tenants:
   tenant-a:
     keys: [{{name: a, sha256: {hash_key(KEY)}}}]
+    {tenant_a}
   tenant-b:
     keys: [{{name: b, sha256: {hash_key(KEY_B)}}}]
     models: []
@@ -110,7 +123,7 @@ tenants:
         child = launcher.start(f"gateway-{port}", f"http://127.0.0.1:{port}", argv, log_dir=workdir)
         processes.append(child)
         launcher.wait_healthy([child])
-        return Gateway(child, workdir / f"data-{port}")
+        return Gateway(child, data_dir)
 
     return start
 

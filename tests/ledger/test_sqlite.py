@@ -14,6 +14,10 @@ def event(i: int, **changes: object) -> UsageEvent:
         time=1_700_000_000.0 + i,
         tenant="acme",
         key_name="prod",
+        workflow="triage",
+        run=f"run-{i % 3}",
+        calls=1,
+        cost_micros=100 + i,
         model="llama-3.1-8b",
         backend="10.0.0.5:8000",
         operation="chat",
@@ -75,4 +79,44 @@ def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
     assert [r[0] for r in rows(path)] == ["r1", "r2"]
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert migrate(db) == db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert migrate(db) == db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_spend_sums_a_scope_since_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = SqliteLedger(path)
+    for i in range(9):
+        ledger.append(event(i))
+    ledger.append(event(9, tenant="other"))
+    ledger.close()
+    ledger = SqliteLedger(path)
+    # run-1 holds events 1, 4, 7: input 11+14+17, output 21+24+27, cost 101+104+107.
+    assert ledger.spend(float("-inf"), tenant="acme", workflow="triage", run="run-1") == (
+        42,
+        72,
+        3,
+        312,
+    )
+    assert ledger.spend(1_700_000_000.0 + 7, tenant="acme") == (17 + 18, 27 + 28, 2, 215)
+    assert ledger.spend(float("-inf"), tenant="nobody") == (0, 0, 0, 0)
+    ledger.close()
+
+
+def test_opening_a_version_1_ledger_migrates_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        from inferplane.ledger import _sqlite
+
+        db.executescript(f"BEGIN; {_sqlite._MIGRATIONS[0]} PRAGMA user_version = 1; COMMIT;")
+        db.execute(
+            "INSERT INTO usage_events (request_id, time, tenant, key_name, model, "
+            "operation, status, duration_s) VALUES ('old', 1, 'acme', 'k', 'm', 'chat', "
+            "200, 0.1)"
+        )
+    ledger = SqliteLedger(path)
+    ledger.append(event(1))
+    ledger.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute(
+            "SELECT request_id, run, calls FROM usage_events ORDER BY time"
+        ).fetchall() == [("old", None, 1), ("r1", "run-1", 1)]

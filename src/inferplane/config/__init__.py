@@ -4,21 +4,25 @@ from inferplane.config._load import ConfigError, default_config_text, load_confi
 from inferplane.config._schema import (
     ApiKey,
     Backend,
+    Budget,
     Config,
     EngineKind,
     GatewaySettings,
     Model,
+    Pricing,
     Tenant,
 )
 
 __all__ = [
     "ApiKey",
     "Backend",
+    "Budget",
     "Config",
     "ConfigError",
     "EngineKind",
     "GatewaySettings",
     "Model",
+    "Pricing",
     "Tenant",
     "default_config_text",
     "load_config",

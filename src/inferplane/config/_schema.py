@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from inferplane.policy import BudgetLimits, Window
 
 __all__ = [
     "ApiKey",
@@ -86,15 +90,51 @@ class Backend(_Strict):
         return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
+class Pricing(_Strict):
+    """USD per million tokens, API-style. 1 USD per 1M tokens is 1 micro-dollar per token."""
+
+    input_per_1m: Decimal = Field(Decimal(0), ge=0)
+    output_per_1m: Decimal = Field(Decimal(0), ge=0)
+
+    def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
+        """Exact cost in micro-dollars, rounded up to a whole micro-dollar per request."""
+        cost = self.input_per_1m * input_tokens + self.output_per_1m * output_tokens
+        return math.ceil(cost)
+
+
 class Model(_Strict):
     backends: list[Backend] = Field(min_length=1)
     # Catalogue model the backends run (for the perf model); defaults to the logical name.
     catalogue: str | None = None
+    price: Pricing = Pricing()
+    # What a request without max_tokens is assumed to generate at most, for budgets.
+    max_output_tokens: int = Field(4096, ge=1)
+
+
+class Budget(_Strict):
+    """Limits of one scope; omitted dimensions are unlimited."""
+
+    input_tokens: int | None = Field(None, ge=0)
+    output_tokens: int | None = Field(None, ge=0)
+    total_tokens: int | None = Field(None, ge=0)
+    calls: int | None = Field(None, ge=0)
+    cost_usd: Decimal | None = Field(None, ge=0, le=Decimal(10) ** 9)
+    window: Window = Window.LIFETIME
+
+    def limits(self) -> BudgetLimits:
+        return BudgetLimits(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=self.total_tokens,
+            calls=self.calls,
+            cost_micros=None if self.cost_usd is None else math.floor(self.cost_usd * 10**6),
+        )
 
 
 class ApiKey(_Strict):
     name: Name
     sha256: str
+    budget: Budget | None = None
 
     @field_validator("sha256")
     @classmethod
@@ -108,6 +148,10 @@ class Tenant(_Strict):
     keys: list[ApiKey] = Field(default_factory=list)
     # Logical models this tenant may call; None allows all.
     models: list[Name] | None = None
+    budget: Budget | None = None
+    # Applied to each workflow and each run of this tenant (from request headers).
+    workflow_budget: Budget | None = None
+    run_budget: Budget | None = None
 
 
 class Config(_Strict):

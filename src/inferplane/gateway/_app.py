@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -12,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from inferplane.asgi import JsonApp
 from inferplane.config import Config
 from inferplane.gateway._auth import KeyRing, Principal
+from inferplane.gateway._budgets import BudgetGate, worst_case
 from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
 from inferplane.gateway._upstream import Upstream
@@ -43,6 +46,8 @@ class Gateway:
         self.metrics = GatewayMetrics(tuple(config.models), tuple(config.tenants))
         self._upstream = upstream
         self.proxy: Proxy | None = None
+        self.gate: BudgetGate | None = None
+        self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.config.gateway
@@ -51,9 +56,20 @@ class Gateway:
             read_timeout_s=s.read_timeout_s,
             max_connections_per_host=s.max_connections_per_backend,
         )
-        self.proxy = Proxy(upstream, self.metrics, SqliteLedger(self.config.data_dir / LEDGER_FILE))
+        ledger = SqliteLedger(self.config.data_dir / LEDGER_FILE)
+        self.gate = BudgetGate(self.config, ledger)
+        self.proxy = Proxy(upstream, self.metrics, ledger, self.gate)
+        self._ticker = asyncio.create_task(self._tick_budgets(), name="budget-ticker")
+
+    async def _tick_budgets(self) -> None:
+        assert self.gate is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self.gate.tick(time.time())
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self.proxy is not None:
             await self.proxy.upstream.aclose()
             self.proxy.ledger.close()
@@ -85,14 +101,21 @@ class Gateway:
             raise OpenAIError(400, "'stream' must be a boolean.", "invalid_value", param="stream")
         path = request.scope["path"]
         operation = _OPERATIONS[path]
+        assert self.proxy is not None and self.gate is not None, "gateway not started"
+        model_config = self.config.models[model]
         exchange = Exchange(
             request_id=request.scope["state"]["request_id"],
             principal=principal,
             model=model,
             operation=operation,
             labels=self.metrics.labels(model, operation, principal.tenant),
+            charge=self.gate.path(principal.tenant, principal.key_name, request.headers),
+            price=model_config.price,
         )
-        assert self.proxy is not None, "gateway not started"
+        if self.gate.is_budgeted(principal.tenant, principal.key_name):
+            held = worst_case(body, operation, model_config)
+            self.gate.reserve(exchange.request_id, exchange.charge, held, time.time())
+            exchange.held = held
         return await self.proxy.forward(route, path, body, raw, exchange)
 
     def _check_allowed(self, principal: Principal, model: str) -> None:

@@ -24,8 +24,9 @@ import orjson
 from starlette.responses import Response
 
 from inferplane.asgi import EventStreamResponse
-from inferplane.config import Backend, Model
+from inferplane.config import Backend, Model, Pricing
 from inferplane.gateway._auth import Principal
+from inferplane.gateway._budgets import BudgetGate, ChargePath
 from inferplane.gateway._upstream import (
     Upstream,
     UpstreamConnectError,
@@ -34,7 +35,7 @@ from inferplane.gateway._upstream import (
     UpstreamTimeout,
 )
 from inferplane.ledger import SqliteLedger, UsageEvent
-from inferplane.policy import RoundRobin
+from inferplane.policy import Amount, RoundRobin
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, SSEDecoder, error_event, sse_payload
 
@@ -72,6 +73,9 @@ class Exchange:
     model: str
     operation: str
     labels: tuple[str, str, str]
+    charge: ChargePath
+    price: Pricing
+    held: Amount | None = None  # the worst case held on budgets, None when unbudgeted
     arrival: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     backend: str | None = None
@@ -83,13 +87,16 @@ class Exchange:
 
 
 class Proxy:
-    def __init__(self, upstream: Upstream, metrics: GatewayMetrics, ledger: SqliteLedger) -> None:
+    def __init__(
+        self, upstream: Upstream, metrics: GatewayMetrics, ledger: SqliteLedger, gate: BudgetGate
+    ) -> None:
         self.upstream = upstream
         self.metrics = metrics
         self.ledger = ledger
+        self.gate = gate
 
     def _settle(self, ex: Exchange) -> None:
-        """Account a request that ended, exactly once: metrics, then the usage record."""
+        """Account a request that ended, exactly once: metrics, budgets, the usage record."""
         duration = time.perf_counter() - ex.t0
         self.metrics.finished(
             ex.labels,
@@ -99,24 +106,30 @@ class Proxy:
             output_tokens=ex.output_tokens,
             error_type=ex.error_type,
         )
-        if self.ledger is not None:
-            self.ledger.append(
-                UsageEvent(
-                    request_id=ex.request_id,
-                    time=ex.arrival,
-                    tenant=ex.principal.tenant,
-                    key_name=ex.principal.key_name,
-                    model=ex.model,
-                    backend=ex.backend,
-                    operation=ex.operation,
-                    status=ex.status,
-                    error_type=ex.error_type,
-                    input_tokens=ex.input_tokens,
-                    output_tokens=ex.output_tokens,
-                    ttft_s=ex.ttft_s,
-                    duration_s=duration,
-                )
+        actual = _actual_usage(ex)
+        if ex.held is not None:
+            self.gate.settle(ex.request_id, ex.charge, actual, time.time())
+        self.ledger.append(
+            UsageEvent(
+                request_id=ex.request_id,
+                time=ex.arrival,
+                tenant=ex.principal.tenant,
+                key_name=ex.principal.key_name,
+                workflow=ex.charge.workflow,
+                run=ex.charge.run,
+                model=ex.model,
+                backend=ex.backend,
+                operation=ex.operation,
+                status=ex.status,
+                error_type=ex.error_type,
+                input_tokens=ex.input_tokens,
+                output_tokens=ex.output_tokens,
+                ttft_s=ex.ttft_s,
+                duration_s=duration,
+                calls=actual.calls,
+                cost_micros=actual.cost_micros,
             )
+        )
 
     async def forward(
         self, route: ModelRoute, path: str, body: dict[str, Any], raw: bytes, ex: Exchange
@@ -302,6 +315,23 @@ async def _finish_quietly(pieces: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(1.0):
             async for _ in pieces:
                 pass
+
+
+def _actual_usage(ex: Exchange) -> Amount:
+    """What a request really used. A backend that was reached but reported nothing is
+    charged the prompt as counted at the door; one never reached costs nothing."""
+    if ex.backend is None:
+        return Amount()
+    input_tokens = ex.input_tokens
+    if input_tokens is None:
+        input_tokens = ex.held.input_tokens if ex.held is not None else 0
+    output_tokens = ex.output_tokens or 0
+    return Amount(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        calls=1,
+        cost_micros=ex.price.cost_micros(input_tokens, output_tokens),
+    )
 
 
 def _delta_text(choice: Any) -> str:

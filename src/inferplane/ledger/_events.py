@@ -15,6 +15,8 @@ class UsageEvent:
     time: float  # unix seconds when the request arrived
     tenant: str
     key_name: str
+    workflow: str | None
+    run: str | None
     model: str  # logical model
     backend: str | None  # the replica that answered, None if none was reached
     operation: str  # chat, text_completion, embeddings
@@ -24,3 +26,5 @@ class UsageEvent:
     output_tokens: int | None
     ttft_s: float | None
     duration_s: float
+    calls: int  # model calls that reached a backend (0 or 1 until retries exist)
+    cost_micros: int  # US dollars x 1e6, from the model's price

@@ -39,6 +39,13 @@ _MIGRATIONS = (
     );
     CREATE INDEX usage_events_tenant_time ON usage_events (tenant, time);
     """,
+    """
+    ALTER TABLE usage_events ADD COLUMN workflow TEXT;
+    ALTER TABLE usage_events ADD COLUMN run TEXT;
+    ALTER TABLE usage_events ADD COLUMN calls INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE usage_events ADD COLUMN cost_micros INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX usage_events_run ON usage_events (tenant, workflow, run, time);
+    """,
 )
 
 _COLUMNS = [f.name for f in fields(UsageEvent)]
@@ -67,10 +74,27 @@ class SqliteLedger:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         migrate(db)
-        self._db = db
+        self._db = db  # the writer thread's
+        # Reads come from the thread that opened the ledger (the event loop's).
+        self._reader = sqlite3.connect(path)
         self._queue: queue.SimpleQueue[UsageEvent | object] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
         self._writer.start()
+
+    def spend(self, since: float, **match: str | None) -> tuple[int, int, int, int]:
+        """(input tokens, output tokens, calls, cost micros) recorded since ``since``
+        for the rows whose columns equal ``match`` (tenant, key_name, workflow, run)."""
+        unknown = set(match) - {"tenant", "key_name", "workflow", "run"}
+        if unknown:
+            raise ValueError(f"cannot match on {sorted(unknown)}")
+        where = " AND ".join(f"{column} IS ?" for column in match)
+        row = self._reader.execute(
+            "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
+            f"COALESCE(SUM(calls), 0), COALESCE(SUM(cost_micros), 0) FROM usage_events "
+            f"WHERE time >= ? AND {where}",
+            (since, *match.values()),
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
     def append(self, event: UsageEvent) -> None:
         """Queue an event; it is on disk within ``flush_interval_s``. Never blocks."""
@@ -81,6 +105,7 @@ class SqliteLedger:
         self._queue.put(_STOP)
         self._writer.join()
         self._db.close()
+        self._reader.close()
 
     def _write_loop(self) -> None:
         stopping = False

@@ -1,0 +1,113 @@
+"""Budgets enforced at the door, exact under concurrency, surviving a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import httpx
+import openai
+import pytest
+
+from inferplane import launcher
+
+from .conftest import KEY, MODEL, Gateway, StartEmulator, StartGateway, client, ledger_rows
+
+pytestmark = pytest.mark.integration
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def replica(start_emulator: StartEmulator) -> launcher.Child:
+    return start_emulator(time_scale=50.0)
+
+
+def ask(gateway: Gateway, run: str | None = None, max_tokens: int = 4) -> object:
+    headers = {"X-Inferplane-Workflow": "triage"}
+    if run is not None:
+        headers["X-Inferplane-Run"] = run
+    return client(gateway.url).chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=max_tokens, extra_headers=headers
+    )
+
+
+def test_a_run_budget_refuses_at_once_with_the_scope_and_what_is_left(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway([replica.url], tenant_a="run_budget: {calls: 3}")
+    for _ in range(3):
+        ask(gateway, run="r1")
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(gateway, run="r1")
+    assert refused.value.code == "budget_exceeded"
+    headers = refused.value.response.headers
+    assert headers["x-inferplane-budget-scope"] == "run:tenant-a/triage/r1"
+    assert headers["x-inferplane-budget-dimension"] == "calls"
+    assert headers["x-inferplane-budget-remaining"] == "0"
+    ask(gateway, run="r2")  # another run has its own budget
+
+
+def test_cost_budget_uses_the_model_price(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    # $2 per 1M output tokens = 2 micro-dollars per token; the budget is 100 micro-dollars.
+    gateway = start_gateway(
+        [replica.url],
+        tenant_a="budget: {cost_usd: 0.0001}",
+        model="price: {input_per_1m: 0, output_per_1m: 2}",
+    )
+    ask(gateway, max_tokens=30)  # holds 60, settles at most 60
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(gateway, max_tokens=60)  # needs 120 on its own
+    assert refused.value.response.headers["x-inferplane-budget-dimension"] == "cost_micros"
+
+
+def test_bad_run_header_is_400(replica: launcher.Child, start_gateway: StartGateway) -> None:
+    gateway = start_gateway([replica.url])
+    with pytest.raises(openai.BadRequestError) as bad:
+        ask(gateway, run="no spaces allowed")
+    assert bad.value.code == "invalid_header"
+
+
+def test_200_concurrent_requests_against_a_budget_that_fits_50(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway([replica.url], tenant_a="budget: {calls: 50}")
+
+    async def storm() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=gateway.url,
+            headers={"authorization": f"Bearer {KEY}"},
+            timeout=30,
+            limits=httpx.Limits(max_connections=200),
+        ) as http:
+            replies = await asyncio.gather(
+                *(
+                    http.post(
+                        "/v1/chat/completions",
+                        json={"model": MODEL, "messages": HI, "max_tokens": 8},
+                    )
+                    for _ in range(200)
+                )
+            )
+        return [r.status_code for r in replies]
+
+    statuses = asyncio.run(storm())
+    assert statuses.count(200) == 50
+    assert statuses.count(429) == 150
+    rows = ledger_rows(gateway, expected=50)
+    assert sum(r["calls"] for r in rows) == 50
+
+
+def test_spend_survives_kill_9(replica: launcher.Child, start_gateway: StartGateway) -> None:
+    gateway = start_gateway([replica.url], tenant_a="budget: {calls: 2}")
+    ask(gateway)
+    ask(gateway)
+    assert len(ledger_rows(gateway, expected=2)) == 2
+    gateway.child.kill(signal.SIGKILL)
+    restarted = start_gateway(
+        [replica.url], tenant_a="budget: {calls: 2}", data_dir=gateway.data_dir
+    )
+    with pytest.raises(openai.RateLimitError):
+        ask(restarted)
