@@ -111,3 +111,43 @@ def test_spend_survives_kill_9(replica: launcher.Child, start_gateway: StartGate
     )
     with pytest.raises(openai.RateLimitError):
         ask(restarted)
+
+
+def test_kill_9_under_load_loses_no_answered_request(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway([replica.url], tenant_a="budget: {calls: 100000}")
+    answered: list[str] = []
+
+    async def load() -> None:
+        enough = asyncio.Event()
+        async with httpx.AsyncClient(
+            base_url=gateway.url, headers={"authorization": f"Bearer {KEY}"}, timeout=10
+        ) as http:
+
+            async def loop() -> None:
+                while True:
+                    try:
+                        reply = await http.post(
+                            "/v1/chat/completions",
+                            json={"model": MODEL, "messages": HI, "max_tokens": 4},
+                        )
+                    except httpx.TransportError:
+                        return  # the gateway is gone
+                    if reply.status_code == 200:
+                        answered.append(reply.headers["x-request-id"])
+                        if len(answered) >= 300:
+                            enough.set()
+
+            async def killer() -> None:
+                await enough.wait()
+                gateway.child.kill(signal.SIGKILL)
+
+            await asyncio.gather(killer(), *(loop() for _ in range(32)))
+
+    asyncio.run(load())
+    assert len(answered) >= 300
+    # Restarting on the same data: every answer a client received is in the ledger.
+    start_gateway([replica.url], data_dir=gateway.data_dir)
+    recorded = {row["request_id"] for row in ledger_rows(gateway, expected=len(answered))}
+    assert set(answered) <= recorded

@@ -39,7 +39,15 @@ def rows(path: Path) -> list[tuple[object, ...]]:
         ).fetchall()
 
 
-def test_everything_appended_is_written_by_close(tmp_path: Path) -> None:
+async def test_an_append_completes_once_the_event_is_committed(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    await ledger.append(event(7))
+    # Another connection (another process, after a kill -9) sees it now.
+    assert rows(tmp_path / "ledger.sqlite3") == [("r7", "acme", 17, 27, 200, None)]
+    ledger.close()
+
+
+async def test_everything_appended_is_written_by_close(tmp_path: Path) -> None:
     ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
     for i in range(2500):  # more than one batch
         ledger.append(event(i))
@@ -60,7 +68,7 @@ def test_everything_appended_is_written_by_close(tmp_path: Path) -> None:
     assert written[-1] == ("r2500", "acme", None, None, 502, "upstream_unreachable")
 
 
-def test_a_request_is_recorded_once_even_if_appended_twice(tmp_path: Path) -> None:
+async def test_a_request_is_recorded_once_even_if_appended_twice(tmp_path: Path) -> None:
     ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
     ledger.append(event(1))
     ledger.append(event(1, output_tokens=999))
@@ -68,7 +76,7 @@ def test_a_request_is_recorded_once_even_if_appended_twice(tmp_path: Path) -> No
     assert rows(tmp_path / "ledger.sqlite3") == [("r1", "acme", 11, 21, 200, None)]
 
 
-def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
+async def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     first = SqliteLedger(path)
     first.append(event(1))
@@ -82,7 +90,7 @@ def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
         assert migrate(db) == db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
-def test_spend_sums_a_scope_since_a_time(tmp_path: Path) -> None:
+async def test_spend_sums_a_scope_since_a_time(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     ledger = SqliteLedger(path)
     for i in range(9):
@@ -102,7 +110,7 @@ def test_spend_sums_a_scope_since_a_time(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_opening_a_version_1_ledger_migrates_it(tmp_path: Path) -> None:
+async def test_opening_a_version_1_ledger_migrates_it(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:
         from inferplane.ledger import _sqlite

@@ -84,6 +84,7 @@ class Exchange:
     output_tokens: int | None = None
     ttft_s: float | None = None
     error_type: str | None = None
+    settled: bool = False
 
 
 class Proxy:
@@ -95,8 +96,12 @@ class Proxy:
         self.ledger = ledger
         self.gate = gate
 
-    def _settle(self, ex: Exchange) -> None:
-        """Account a request that ended, exactly once: metrics, budgets, the usage record."""
+    def _settle(self, ex: Exchange) -> asyncio.Future[None]:
+        """Account a request that ended, exactly once: metrics, budgets, the usage record.
+
+        Returns the ledger's future: done once the record is committed."""
+        assert not ex.settled, "settled twice"
+        ex.settled = True
         duration = time.perf_counter() - ex.t0
         self.metrics.finished(
             ex.labels,
@@ -109,7 +114,7 @@ class Proxy:
         actual = _actual_usage(ex)
         if ex.held is not None:
             self.gate.settle(ex.request_id, ex.charge, actual, time.time())
-        self.ledger.append(
+        return self.ledger.append(
             UsageEvent(
                 request_id=ex.request_id,
                 time=ex.arrival,
@@ -153,7 +158,6 @@ class Proxy:
                 return EventStreamResponse(self._relay(resp, ex, hide_usage), headers=SSE_HEADERS)
             payload = await resp.read()
             _read_usage(payload, ex)
-            return Response(payload, media_type=resp.content_type or "application/json")
         except OpenAIError as exc:
             ex.status, ex.error_type = exc.status, exc.code
             raise
@@ -161,9 +165,19 @@ class Proxy:
             refusal = _as_refusal(exc)
             ex.status, ex.error_type = refusal.status, refusal.code
             raise refusal from exc
+        except asyncio.CancelledError:
+            ex.status, ex.error_type = 499, "client_disconnected"  # nginx's code for it
+            raise
+        except Exception:
+            ex.status, ex.error_type = 500, "internal_error"
+            raise
         finally:
-            if not streamed:
+            if not streamed and ex.error_type is not None:
                 self._settle(ex)
+        # The answer goes out once its usage record is committed: what a client was
+        # told happened is in the ledger, even if the gateway is killed right after.
+        await self._settle(ex)
+        return Response(payload, media_type=resp.content_type or "application/json")
 
     async def _send(
         self, route: ModelRoute, path: str, body: dict[str, Any], raw: bytes, *, rewrite: bool
@@ -210,7 +224,6 @@ class Proxy:
                         continue  # comments, keep-alives
                     if data == b"[DONE]":
                         done = True
-                        out.append(DONE)
                         break
                     verdict = watch.inspect(data)
                     if verdict is _Verdict.MALFORMED:
@@ -228,6 +241,9 @@ class Proxy:
                 if out:
                     yield b"".join(out)
                 if done:
+                    watch.finish()
+                    await self._settle(ex)  # committed before the client sees the end
+                    yield DONE
                     await _finish_quietly(pieces)
                     return
                 if ex.error_type is not None:
@@ -246,11 +262,9 @@ class Proxy:
             raise
         finally:
             resp.close()
-            if ex.output_tokens is None and watch.num_content_events:
-                # A backend that never reported usage: one streamed event per token is
-                # what vLLM, SGLang and TGI send, so count events (approximate).
-                ex.output_tokens = watch.num_content_events
-            self._settle(ex)
+            if not ex.settled:
+                watch.finish()
+                self._settle(ex)
 
 
 class _Verdict(enum.Enum):
@@ -274,6 +288,12 @@ class _StreamWatch:
         self.ex = ex
         self.hide_usage = hide_usage
         self.num_content_events = 0
+
+    def finish(self) -> None:
+        if self.ex.output_tokens is None and self.num_content_events:
+            # A backend that never reported usage: one streamed event per token is what
+            # vLLM, SGLang and TGI send, so count events (approximate).
+            self.ex.output_tokens = self.num_content_events
 
     def inspect(self, data: bytes) -> _Verdict:
         if not (data.startswith(b"{") and data.endswith(b"}")):

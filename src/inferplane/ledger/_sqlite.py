@@ -1,18 +1,23 @@
-"""Usage events in SQLite (WAL), written in batches by one background thread.
+"""Usage events in SQLite (WAL), committed in groups by one background thread.
 
-The event loop never waits on the disk: ``append`` hands the event to a
-queue; a writer thread inserts whatever has accumulated in one transaction,
-at most ``flush_interval_s`` after it arrived. ``close`` writes what is left.
-The schema is versioned (``PRAGMA user_version``) and migrated on open.
+The event loop never blocks on the disk: ``append`` hands the event to a
+queue and returns a future that completes once the event is committed. The
+writer thread commits whatever is queued in one transaction as soon as it can
+(group commit: the busier the gateway, the larger the batches). A committed
+event is in the WAL file, so it survives the gateway being killed (-9);
+``synchronous=NORMAL`` trades durability across a power loss for speed, as
+SQLite's WAL documentation describes. The schema is versioned
+(``PRAGMA user_version``) and migrated on open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
-import time
-from dataclasses import astuple, fields
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from inferplane.ledger._events import UsageEvent
@@ -66,10 +71,9 @@ def migrate(db: sqlite3.Connection) -> int:
 
 
 class SqliteLedger:
-    def __init__(self, path: Path, flush_interval_s: float = 0.05) -> None:
+    def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.flush_interval_s = flush_interval_s
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
@@ -77,7 +81,7 @@ class SqliteLedger:
         self._db = db  # the writer thread's
         # Reads come from the thread that opened the ledger (the event loop's).
         self._reader = sqlite3.connect(path)
-        self._queue: queue.SimpleQueue[UsageEvent | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
         self._writer.start()
 
@@ -96,9 +100,14 @@ class SqliteLedger:
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
-    def append(self, event: UsageEvent) -> None:
-        """Queue an event; it is on disk within ``flush_interval_s``. Never blocks."""
-        self._queue.put(event)
+    def append(self, event: UsageEvent) -> asyncio.Future[None]:
+        """Queue an event; the future completes once it is committed. Never blocks.
+
+        Call from a running event loop; nothing needs to await the future for
+        the event to be written."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put(_Pending(event, future))
+        return future
 
     def close(self) -> None:
         """Write everything appended so far, then stop."""
@@ -111,15 +120,33 @@ class SqliteLedger:
         stopping = False
         while not stopping:
             batch = [self._queue.get()]
-            deadline = time.monotonic() + self.flush_interval_s
-            while len(batch) < 1000 and (left := deadline - time.monotonic()) > 0:
+            while len(batch) < 1000:
                 try:
-                    batch.append(self._queue.get(timeout=left))
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            events = [e for e in batch if isinstance(e, UsageEvent)]
-            stopping = len(events) < len(batch)
-            if events:
-                self._db.execute("BEGIN")
-                self._db.executemany(_INSERT, [astuple(e) for e in events])
-                self._db.execute("COMMIT")
+            pending = [p for p in batch if isinstance(p, _Pending)]
+            stopping = len(pending) < len(batch)
+            if not pending:
+                continue
+            self._db.execute("BEGIN")
+            self._db.executemany(_INSERT, [astuple(p.event) for p in pending])
+            self._db.execute("COMMIT")
+            loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            for p in pending:
+                loops.setdefault(p.future.get_loop(), []).append(p.future)
+            for loop, futures in loops.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_complete, futures)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    event: UsageEvent
+    future: asyncio.Future[None]
+
+
+def _complete(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
