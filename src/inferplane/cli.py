@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -319,3 +321,84 @@ def bench_overhead(
         lambda: run_overhead(concurrencies=levels, duration_s=duration, scenarios=chosen, out=out)
     )
     console.print(f"JSON: {out}")
+
+
+# -- usage ----------------------------------------------------------------------
+
+usage_app = typer.Typer(help="Usage and cost from the ledger.", no_args_is_help=True)
+app.add_typer(usage_app, name="usage")
+
+
+def _ledger_db(config: Path | None) -> sqlite3.Connection:
+    from inferplane.config import load_config
+    from inferplane.gateway import LEDGER_FILE
+
+    cfg = _guard(lambda: load_config(config))
+    path = cfg.data_dir / LEDGER_FILE
+    if not path.exists():
+        fail(f"no ledger at {path}: the gateway of this config has not recorded anything yet")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+@usage_app.command("summary")
+def usage_summary_cmd(
+    config: ConfigOption = None,
+    group_by: Annotated[
+        str, typer.Option(help="Comma list: tenant,key,workflow,run,model,backend,day.")
+    ] = "tenant,model,day",
+) -> None:
+    """Requests, tokens and cost per group, with cost-per-request percentiles."""
+    from inferplane.ledger import usage_summary
+
+    groups = [g for g in group_by.split(",") if g]
+    with contextlib.closing(_ledger_db(config)) as db:
+        rows = _guard(lambda: usage_summary(db, groups))
+    table = Table(title="usage", title_justify="left")
+    for col in [
+        *groups,
+        "requests",
+        "errors",
+        "input tok",
+        "output tok",
+        "cost $",
+        "p50 $/req",
+        "p99 $/req",
+    ]:
+        table.add_column(col, justify="left" if col in groups else "right")
+    for r in rows:
+        pct = r["cost_per_request_usd"]
+        table.add_row(
+            *(str(r[g]) for g in groups),
+            str(r["requests"]),
+            str(r["errors"]),
+            str(r["input_tokens"]),
+            str(r["output_tokens"]),
+            r["cost_usd"],
+            pct["p50"],
+            pct["p99"],
+        )
+    console.print(table)
+
+
+@usage_app.command("export")
+def usage_export(
+    config: ConfigOption = None,
+    format: Annotated[str, typer.Option(help="focus: FinOps FOCUS columns, CSV.")] = "focus",
+    out: Annotated[Path | None, typer.Option(help="File to write; stdout if omitted.")] = None,
+) -> None:
+    """Export cost rows (hourly, per tenant/key/workflow/run/model/backend)."""
+    import csv
+
+    from inferplane.ledger import FOCUS_COLUMNS, focus_rows
+
+    if format != "focus":
+        fail(f"unknown format {format!r}; supported: focus")
+    with contextlib.closing(_ledger_db(config)) as db:
+        rows = focus_rows(db)
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(out.open("w", newline="")) if out else sys.stdout
+        writer = csv.DictWriter(handle, fieldnames=FOCUS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    if out:
+        console.print(f"{len(rows)} rows -> {out}")

@@ -1,8 +1,15 @@
 """The live gateway: OpenAI-compatible front door over real model servers."""
 
-from inferplane.gateway._app import create_gateway_app
+from inferplane.gateway._app import LEDGER_FILE, create_gateway_app
 from inferplane.gateway._auth import hash_key
 from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._upstream import Upstream, UpstreamResponse
 
-__all__ = ["Http1Upstream", "Upstream", "UpstreamResponse", "create_gateway_app", "hash_key"]
+__all__ = [
+    "LEDGER_FILE",
+    "Http1Upstream",
+    "Upstream",
+    "UpstreamResponse",
+    "create_gateway_app",
+    "hash_key",
+]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,7 +22,7 @@ from inferplane.gateway._budgets import BudgetGate, worst_case
 from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
 from inferplane.gateway._upstream import Upstream
-from inferplane.ledger import SqliteLedger
+from inferplane.ledger import GROUPS, SqliteLedger, usage_summary
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import OpenAIError
 
@@ -130,6 +134,39 @@ class Gateway:
                 param="model",
             )
 
+    async def usage(self, request: Request) -> Response:
+        """Usage grouped by scope and day; a tenant's key sees its own tenant only."""
+        principal = self.keys.authenticate(request.headers.get("authorization"))
+        params = request.query_params
+        tenant = params.get("tenant")
+        if not principal.is_admin:
+            if tenant not in (None, principal.tenant):
+                raise OpenAIError(
+                    403,
+                    "A tenant's key may only read its own usage.",
+                    "permission_denied",
+                    param="tenant",
+                )
+            tenant = principal.tenant
+        group_by = [g for g in params.get("group_by", "tenant,model,day").split(",") if g]
+        unknown = [g for g in group_by if g not in GROUPS]
+        if unknown:
+            raise OpenAIError(
+                400,
+                f"Cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}.",
+                "invalid_value",
+                param="group_by",
+            )
+        start, end = _time_param(params, "start"), _time_param(params, "end")
+        path = self.config.data_dir / LEDGER_FILE
+
+        def query() -> list[dict[str, Any]]:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                return usage_summary(db, group_by, start=start, end=end, tenant=tenant)
+
+        data = await asyncio.to_thread(query)
+        return JSONResponse({"object": "list", "group_by": group_by, "data": data})
+
     async def models(self, request: Request) -> Response:
         principal = self.keys.authenticate(request.headers.get("authorization"))
         allowed = None if principal.is_admin else self.config.tenants[principal.tenant].models
@@ -166,6 +203,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _time_param(params: Mapping[str, str], name: str) -> float | None:
+    """Unix seconds or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise OpenAIError(
+            400,
+            f"'{name}' must be unix seconds or an ISO 8601 date, got {value[:40]!r}.",
+            "invalid_value",
+            param=name,
+        ) from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
 def _parse_json(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
@@ -189,6 +247,7 @@ def create_gateway_app(config: Config, upstream: Upstream | None = None) -> Json
     for path in _OPERATIONS:
         app.route(path, gateway.generate, methods=("POST",))
     app.route("/v1/models", gateway.models)
+    app.route("/v1/usage", gateway.usage)
     app.route("/health", gateway.health)
     app.route("/metrics", gateway.prometheus)
     app.state["gateway"] = gateway

@@ -1,6 +1,15 @@
-"""Durable usage records: every forwarded request, with its tokens and timings."""
+"""Durable usage records: every forwarded request, with its tokens, cost and timings."""
 
 from inferplane.ledger._events import UsageEvent
+from inferplane.ledger._query import FOCUS_COLUMNS, GROUPS, focus_rows, usage_summary
 from inferplane.ledger._sqlite import SqliteLedger, migrate
 
-__all__ = ["SqliteLedger", "UsageEvent", "migrate"]
+__all__ = [
+    "FOCUS_COLUMNS",
+    "GROUPS",
+    "SqliteLedger",
+    "UsageEvent",
+    "focus_rows",
+    "migrate",
+    "usage_summary",
+]

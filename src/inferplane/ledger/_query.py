@@ -1,0 +1,172 @@
+"""Reading the ledger: usage grouped by scope and day, and FinOps FOCUS rows.
+
+Plain SQL over a DB-API connection (``?`` parameters), so it runs against
+the SQLite ledger file directly (the CLI does that, offline) or in a thread
+beside the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["FOCUS_COLUMNS", "GROUPS", "focus_rows", "usage_summary"]
+
+# Column or expression for each grouping users may ask for.
+GROUPS = {
+    "tenant": "tenant",
+    "key": "key_name",
+    "workflow": "workflow",
+    "run": "run",
+    "model": "model",
+    "backend": "backend",
+    "day": "date(time, 'unixepoch')",
+}
+
+FOCUS_COLUMNS = (
+    "BillingCurrency",
+    "BilledCost",
+    "EffectiveCost",
+    "ListCost",
+    "ChargeCategory",
+    "ChargeDescription",
+    "ChargePeriodStart",
+    "ChargePeriodEnd",
+    "ServiceName",
+    "ServiceCategory",
+    "ResourceId",
+    "ResourceName",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "Tags",
+    "x_Tenant",
+    "x_ApiKey",
+    "x_Workflow",
+    "x_Run",
+    "x_Requests",
+    "x_InputTokens",
+    "x_OutputTokens",
+    "x_Errors",
+)
+
+
+def _usd(micros: int) -> str:
+    return str(Decimal(micros) / 10**6)
+
+
+def _percentile(ordered: Sequence[int], q: float) -> int:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def usage_summary(
+    db: sqlite3.Connection,
+    group_by: Sequence[str],
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    tenant: str | None = None,
+) -> list[dict[str, Any]]:
+    """Requests, tokens and cost per group, with cost-per-request percentiles (USD strings)."""
+    unknown = [g for g in group_by if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    where, params = _filters(start, end, tenant)
+    keys = [GROUPS[g] for g in group_by]
+    select = ", ".join([*keys, "cost_micros", "input_tokens", "output_tokens", "status"])
+    order = ", ".join(keys) if keys else "1"
+    groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    for row in db.execute(f"SELECT {select} FROM usage_events {where} ORDER BY {order}", params):
+        groups.setdefault(tuple(row[: len(keys)]), []).append(row[len(keys) :])
+    out = []
+    for key, rows in groups.items():
+        costs = sorted(r[0] for r in rows)
+        entry: dict[str, Any] = dict(zip(group_by, key, strict=True))
+        entry.update(
+            requests=len(rows),
+            errors=sum(1 for r in rows if r[3] >= 400),
+            input_tokens=sum(r[1] or 0 for r in rows),
+            output_tokens=sum(r[2] or 0 for r in rows),
+            cost_usd=_usd(sum(costs)),
+            cost_per_request_usd={
+                "p50": _usd(_percentile(costs, 0.5)),
+                "p90": _usd(_percentile(costs, 0.9)),
+                "p99": _usd(_percentile(costs, 0.99)),
+            },
+        )
+        out.append(entry)
+    return out
+
+
+def _filters(start: float | None, end: float | None, tenant: str | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if start is not None:
+        clauses.append("time >= ?")
+        params.append(start)
+    if end is not None:
+        clauses.append("time < ?")
+        params.append(end)
+    if tenant is not None:
+        clauses.append("tenant = ?")
+        params.append(tenant)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def focus_rows(
+    db: sqlite3.Connection, *, start: float | None = None, end: float | None = None
+) -> list[dict[str, Any]]:
+    """FOCUS 1.x cost rows: one per hour, tenant, key, workflow, run, model and backend.
+
+    Costs are list prices from the config (BilledCost = EffectiveCost = ListCost);
+    consumed quantity is tokens. inferplane's own dimensions are ``x_`` columns and
+    also appear in ``Tags``.
+    """
+    where, params = _filters(start, end, None)
+    sql = (
+        "SELECT CAST(time / 3600 AS INTEGER) * 3600 AS hour, tenant, key_name, workflow, run, "
+        "model, backend, COUNT(*), SUM(COALESCE(input_tokens, 0)), "
+        "SUM(COALESCE(output_tokens, 0)), SUM(cost_micros), SUM(status >= 400) "
+        f"FROM usage_events {where} "
+        "GROUP BY hour, tenant, key_name, workflow, run, model, backend ORDER BY hour"
+    )
+    rows = []
+    for hour, tenant, key, workflow, run, model, backend, n, inp, out, cost, errors in db.execute(
+        sql, params
+    ):
+        tags = {"tenant": tenant, "api_key": key, "workflow": workflow, "run": run}
+        rows.append(
+            {
+                "BillingCurrency": "USD",
+                "BilledCost": _usd(cost),
+                "EffectiveCost": _usd(cost),
+                "ListCost": _usd(cost),
+                "ChargeCategory": "Usage",
+                "ChargeDescription": f"LLM inference on {model}",
+                "ChargePeriodStart": _iso(hour),
+                "ChargePeriodEnd": _iso(hour + 3600),
+                "ServiceName": "inferplane",
+                "ServiceCategory": "AI and Machine Learning",
+                "ResourceId": backend or "",
+                "ResourceName": model,
+                "ConsumedQuantity": inp + out,
+                "ConsumedUnit": "Tokens",
+                "Tags": json.dumps({k: v for k, v in tags.items() if v is not None}),
+                "x_Tenant": tenant,
+                "x_ApiKey": key,
+                "x_Workflow": workflow or "",
+                "x_Run": run or "",
+                "x_Requests": n,
+                "x_InputTokens": inp,
+                "x_OutputTokens": out,
+                "x_Errors": errors,
+            }
+        )
+    return rows
