@@ -402,3 +402,21 @@ def usage_export(
         writer.writerows(rows)
     if out:
         console.print(f"{len(rows)} rows -> {out}")
+
+
+@bench_app.command("budgets")
+def bench_budgets(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-n")] = 64,
+    duration: Annotated[float, typer.Option(help="Seconds of load per round and gateway.")] = 4.0,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds.")] = 3,
+    out: Annotated[Path, typer.Option(help="JSON report path.")] = Path(
+        "bench-results/budgets.json"
+    ),
+) -> None:
+    """Gateway throughput with budgets + ledger on vs off, side by side."""
+    from inferplane.bench.budgets import run_budgets
+
+    _guard(
+        lambda: run_budgets(concurrency=concurrency, duration_s=duration, rounds=rounds, out=out)
+    )
+    console.print(f"JSON: {out}")

@@ -81,6 +81,7 @@ def start_gateway(
     """Start a gateway whose one model is served by ``backend_urls``.
 
     ``tenant_a`` adds YAML lines to tenant-a (budgets); ``model`` to the model (price);
+    ``top`` to the top level;
     ``data_dir`` reuses a ledger, to restart a gateway on the same state.
     """
     workdir = tmp_path_factory.mktemp("gateway")
@@ -90,6 +91,7 @@ def start_gateway(
         *,
         tenant_a: str = "",
         model: str = "",
+        top: str = "",
         data_dir: Path | None = None,
     ) -> Gateway:
         port = launcher.free_port()
@@ -98,6 +100,7 @@ def start_gateway(
         config = workdir / f"gateway-{port}.yaml"
         config.write_text(
             f"""
+{top}
 data_dir: {data_dir}
 gateway:
   port: {port}

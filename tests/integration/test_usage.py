@@ -93,3 +93,16 @@ def test_export_without_a_ledger_is_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "no ledger at" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_gateway_without_ledger_says_so(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway([start_emulator(time_scale=50.0).url], top="usage_ledger: false")
+    reply = client(gateway.url).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.choices[0].message.content
+    refused = get_usage(gateway.url, KEY)
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "ledger_disabled"
+    assert not (gateway.data_dir / "ledger.sqlite3").exists()

@@ -30,7 +30,14 @@ class LoadResult:
         return len(self.latencies_s) / self.duration_s if self.duration_s > 0 else 0.0
 
 
-def build_post(host: str, port: int, path: str, body: bytes, api_key: str | None) -> bytes:
+def build_post(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    api_key: str | None,
+    headers: dict[str, str] | None = None,
+) -> bytes:
     head = [
         f"POST {path} HTTP/1.1",
         f"Host: {host}:{port}",
@@ -39,6 +46,7 @@ def build_post(host: str, port: int, path: str, body: bytes, api_key: str | None
     ]
     if api_key:
         head.append(f"Authorization: Bearer {api_key}")
+    head.extend(f"{name}: {value}" for name, value in (headers or {}).items())
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -103,9 +111,10 @@ async def run_load(
     duration_s: float,
     warmup_s: float = 0.5,
     api_key: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """``concurrency`` connections, each sending requests back to back for ``duration_s``."""
-    request = build_post(host, port, path, body, api_key)
+    request = build_post(host, port, path, body, api_key, headers)
     start = time.perf_counter()
     warmup_until = start + warmup_s
     deadline = warmup_until + duration_s

@@ -157,6 +157,8 @@ class Tenant(_Strict):
 class Config(_Strict):
     gateway: GatewaySettings = GatewaySettings()
     data_dir: Path = Path(".inferplane")
+    # Off: no usage records and no spend across restarts (a stateless proxy; benchmarks).
+    usage_ledger: bool = True
     admin_key_sha256: str | None = None
     models: dict[Name, Model] = Field(min_length=1)
     tenants: dict[Name, Tenant] = Field(default_factory=dict)

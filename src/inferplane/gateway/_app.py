@@ -22,7 +22,7 @@ from inferplane.gateway._budgets import BudgetGate, worst_case
 from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
 from inferplane.gateway._upstream import Upstream
-from inferplane.ledger import GROUPS, SqliteLedger, usage_summary
+from inferplane.ledger import GROUPS, Ledger, NullLedger, SqliteLedger, usage_summary
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import OpenAIError
 
@@ -60,7 +60,11 @@ class Gateway:
             read_timeout_s=s.read_timeout_s,
             max_connections_per_host=s.max_connections_per_backend,
         )
-        ledger = SqliteLedger(self.config.data_dir / LEDGER_FILE)
+        ledger: Ledger = (
+            SqliteLedger(self.config.data_dir / LEDGER_FILE)
+            if self.config.usage_ledger
+            else NullLedger()
+        )
         self.gate = BudgetGate(self.config, ledger)
         self.proxy = Proxy(upstream, self.metrics, ledger, self.gate)
         self._ticker = asyncio.create_task(self._tick_budgets(), name="budget-ticker")
@@ -158,9 +162,15 @@ class Gateway:
                 param="group_by",
             )
         start, end = _time_param(params, "start"), _time_param(params, "end")
+        if not self.config.usage_ledger:
+            raise OpenAIError(
+                404, "This gateway keeps no usage ledger (usage_ledger: false).", "ledger_disabled"
+            )
         path = self.config.data_dir / LEDGER_FILE
 
         def query() -> list[dict[str, Any]]:
+            if not path.exists():
+                return []
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
                 return usage_summary(db, group_by, start=start, end=end, tenant=tenant)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferplane.config import Budget, Config, Model
-from inferplane.ledger import SqliteLedger
+from inferplane.ledger import Ledger
 from inferplane.perf import count_chat_tokens, count_text_tokens
 from inferplane.policy import Amount, Book, Refused, Scope
 from inferplane.wire import OpenAIError
@@ -82,7 +82,7 @@ def worst_case(body: dict[str, Any], operation: str, model: Model) -> Amount:
 
 
 class BudgetGate:
-    def __init__(self, config: Config, ledger: SqliteLedger) -> None:
+    def __init__(self, config: Config, ledger: Ledger) -> None:
         self.config = config
         self.ledger = ledger
         self.book = Book()

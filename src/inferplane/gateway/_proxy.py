@@ -34,7 +34,7 @@ from inferplane.gateway._upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from inferplane.ledger import SqliteLedger, UsageEvent
+from inferplane.ledger import Ledger, UsageEvent
 from inferplane.policy import Amount, RoundRobin
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, SSEDecoder, error_event, sse_payload
@@ -89,7 +89,7 @@ class Exchange:
 
 class Proxy:
     def __init__(
-        self, upstream: Upstream, metrics: GatewayMetrics, ledger: SqliteLedger, gate: BudgetGate
+        self, upstream: Upstream, metrics: GatewayMetrics, ledger: Ledger, gate: BudgetGate
     ) -> None:
         self.upstream = upstream
         self.metrics = metrics

@@ -1,12 +1,15 @@
 """Durable usage records: every forwarded request, with its tokens, cost and timings."""
 
+from inferplane.ledger._base import Ledger
 from inferplane.ledger._events import UsageEvent
 from inferplane.ledger._query import FOCUS_COLUMNS, GROUPS, focus_rows, usage_summary
-from inferplane.ledger._sqlite import SqliteLedger, migrate
+from inferplane.ledger._sqlite import NullLedger, SqliteLedger, migrate
 
 __all__ = [
     "FOCUS_COLUMNS",
     "GROUPS",
+    "Ledger",
+    "NullLedger",
     "SqliteLedger",
     "UsageEvent",
     "focus_rows",

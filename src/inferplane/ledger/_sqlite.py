@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import queue
 import sqlite3
 import threading
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from inferplane.ledger._events import UsageEvent
 
-__all__ = ["SqliteLedger"]
+__all__ = ["NullLedger", "SqliteLedger"]
 
 # Each entry migrates the schema from version i to i + 1; never edit one that shipped.
 _MIGRATIONS = (
@@ -59,6 +60,7 @@ _INSERT = (
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
 _STOP = object()
+_row = operator.attrgetter(*_COLUMNS)  # an event as a row, without astuple's deep copy
 
 
 def migrate(db: sqlite3.Connection) -> int:
@@ -130,7 +132,7 @@ class SqliteLedger:
             if not pending:
                 continue
             self._db.execute("BEGIN")
-            self._db.executemany(_INSERT, [astuple(p.event) for p in pending])
+            self._db.executemany(_INSERT, [_row(p.event) for p in pending])
             self._db.execute("COMMIT")
             loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for p in pending:
@@ -150,3 +152,18 @@ def _complete(futures: list[asyncio.Future[None]]) -> None:
     for future in futures:
         if not future.done():
             future.set_result(None)
+
+
+class NullLedger:
+    """Records nothing: for a gateway run with ``usage_ledger: false``."""
+
+    def spend(self, since: float, **match: str | None) -> tuple[int, int, int, int]:
+        return 0, 0, 0, 0
+
+    def append(self, event: UsageEvent) -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def close(self) -> None:
+        pass

@@ -47,20 +47,44 @@ class Amount:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    # Written out field by field: these run several times per request on the hot path.
     def __add__(self, other: Amount) -> Amount:
-        return Amount(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
+        return Amount(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.calls + other.calls,
+            self.retries + other.retries,
+            self.cost_micros + other.cost_micros,
+            self.wall_ms + other.wall_ms,
+        )
 
     def __sub__(self, other: Amount) -> Amount:
-        return Amount(*(getattr(self, f) - getattr(other, f) for f in _FIELDS))
+        return Amount(
+            self.input_tokens - other.input_tokens,
+            self.output_tokens - other.output_tokens,
+            self.calls - other.calls,
+            self.retries - other.retries,
+            self.cost_micros - other.cost_micros,
+            self.wall_ms - other.wall_ms,
+        )
 
     def get(self, dimension: str) -> int:
         return self.total_tokens if dimension == "total_tokens" else int(getattr(self, dimension))
 
     def is_nonnegative(self) -> bool:
-        return all(getattr(self, f) >= 0 for f in _FIELDS)
+        return (
+            min(
+                self.input_tokens,
+                self.output_tokens,
+                self.calls,
+                self.retries,
+                self.cost_micros,
+                self.wall_ms,
+            )
+            >= 0
+        )
 
 
-_FIELDS = tuple(f.name for f in fields(Amount))
 ZERO = Amount()
 
 
@@ -75,18 +99,23 @@ class BudgetLimits:
     retries: int | None = None
     cost_micros: int | None = None
     wall_ms: int | None = None
+    # (dimension, limit) of the limited dimensions, computed once: checked per request.
+    _limited: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name, limit in self.items():
+        limited = tuple(
+            (f.name, limit)
+            for f in fields(self)
+            if f.init and (limit := getattr(self, f.name)) is not None
+        )
+        for name, limit in limited:
             if limit < 0:
                 raise ValueError(f"budget limit {name} must be >= 0, got {limit}")
+        object.__setattr__(self, "_limited", limited)
 
-    def items(self) -> Iterable[tuple[str, int]]:
+    def items(self) -> tuple[tuple[str, int], ...]:
         """(dimension, limit) for every limited dimension."""
-        for f in fields(self):
-            limit = getattr(self, f.name)
-            if limit is not None:
-                yield f.name, limit
+        return self._limited
 
 
 class Window(enum.StrEnum):

@@ -1,0 +1,152 @@
+"""``inferplane bench budgets``: what budgets and the usage ledger cost the gateway.
+
+One run starts a fast emulated replica and two real gateways in front of it:
+``bare`` (no budgets, ``usage_ledger: false``) and ``accounted`` (budgets on
+tenant, key, workflow and run, every request charged to all four, and the
+SQLite ledger committing each request before its answer). Both get the same
+closed-loop non-streaming load, alternating, several rounds, so drift of the
+shared machine hits both. Reported: req/s and gateway CPU per request each,
+and their ratios. The target of the budgets issue: accounted >= 0.85 x bare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from inferplane import launcher
+from inferplane.bench._loadgen import run_load
+from inferplane.bench.overhead import cpu_seconds
+
+__all__ = ["run_budgets"]
+
+_KEY = "sk-bench"
+_BUDGET = "{total_tokens: 100000000000, calls: 1000000000, cost_usd: 1000000}"
+
+
+def _config(name: str, upstream_port: int, port: int, data_dir: Path, accounted: bool) -> str:
+    from inferplane.gateway import hash_key
+
+    budgets = (
+        f"    budget: {_BUDGET}\n    workflow_budget: {_BUDGET}\n    run_budget: {_BUDGET}\n"
+        if accounted
+        else ""
+    )
+    key_budget = f", budget: {_BUDGET}" if accounted else ""
+    return (
+        f"gateway: {{host: 127.0.0.1, port: {port}}}\n"
+        f"data_dir: {data_dir / name}\nusage_ledger: {str(accounted).lower()}\n"
+        f"models:\n  llama-3.1-8b:\n    price: {{input_per_1m: 0.15, output_per_1m: 0.6}}\n"
+        f"    backends: [{{url: 'http://127.0.0.1:{upstream_port}', engine: vllm}}]\n"
+        f"tenants:\n  bench:\n{budgets}"
+        f"    keys: [{{name: bench, sha256: {hash_key(_KEY)}{key_budget}}}]\n"
+    )
+
+
+def run_budgets(
+    *,
+    concurrency: int = 64,
+    duration_s: float = 4.0,
+    rounds: int = 3,
+    out: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="inferplane-bench-"))
+    py = [sys.executable, "-m", "inferplane"]
+    engine_port = launcher.free_port()
+    engine = launcher.start(
+        "engine",
+        f"http://127.0.0.1:{engine_port}",
+        [*py, "engine", "emulate", "--port", str(engine_port), "--time-scale", "1000"],
+        log_dir=workdir,
+    )
+    gateways: dict[str, launcher.Child] = {}
+    for name in ("bare", "accounted"):
+        port = launcher.free_port()
+        config = workdir / f"{name}.yaml"
+        config.write_text(_config(name, engine_port, port, workdir, name == "accounted"))
+        gateways[name] = launcher.start(
+            name,
+            f"http://127.0.0.1:{port}",
+            [*py, "serve", "--config", str(config)],
+            log_dir=workdir,
+        )
+    body = orjson.dumps(
+        {
+            "model": "llama-3.1-8b",
+            "messages": [{"role": "user", "content": "Summarise the ticket in one line."}],
+            "max_tokens": 16,
+            "ignore_eos": True,
+        }
+    )
+    totals = {name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0} for name in gateways}
+    try:
+        launcher.wait_healthy([engine, *gateways.values()])
+        echo(f"{'round':<7}{'gateway':<11}{'req/s':>8}{'cpu us/req':>12}")
+        for r in range(rounds):
+            for name, child in gateways.items():
+                port = int(child.url.rsplit(":", 1)[1])
+                headers = {"X-Inferplane-Workflow": "bench", "X-Inferplane-Run": f"run-{r}"}
+                before = cpu_seconds(child.process.pid)
+                result = asyncio.run(
+                    run_load(
+                        "127.0.0.1",
+                        port,
+                        "/v1/chat/completions",
+                        body,
+                        concurrency=concurrency,
+                        duration_s=duration_s,
+                        api_key=_KEY,
+                        headers=headers,
+                    )
+                )
+                cpu = cpu_seconds(child.process.pid) - before
+                t = totals[name]
+                t["requests"] += len(result.latencies_s)
+                t["seconds"] += duration_s
+                t["cpu_s"] += cpu / result.num_completed * len(result.latencies_s)
+                if result.errors:
+                    raise RuntimeError(f"{name}: {result.errors} requests failed")
+                echo(
+                    f"{r + 1:<7}{name:<11}{result.requests_per_s:>8.0f}"
+                    f"{cpu / result.num_completed * 1e6:>12.0f}"
+                )
+    finally:
+        launcher.stop_all([*gateways.values(), engine])
+    summary = {
+        name: {
+            "requests_per_s": round(t["requests"] / t["seconds"], 1),
+            "cpu_us_per_request": round(t["cpu_s"] / t["requests"] * 1e6, 1),
+        }
+        for name, t in totals.items()
+    }
+    ratio = summary["accounted"]["requests_per_s"] / summary["bare"]["requests_per_s"]
+    cpu_ratio = summary["accounted"]["cpu_us_per_request"] / summary["bare"]["cpu_us_per_request"]
+    echo(f"accounted/bare: throughput {ratio:.3f}, CPU per request {cpu_ratio:.3f}")
+    report = {
+        "benchmark": "budgets",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "params": {
+            "concurrency": concurrency,
+            "duration_s": duration_s,
+            "rounds": rounds,
+            "store": "sqlite",
+        },
+        "gateways": summary,
+        "throughput_ratio": round(ratio, 3),
+        "cpu_per_request_ratio": round(cpu_ratio, 3),
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    return report
