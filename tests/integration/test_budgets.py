@@ -46,6 +46,10 @@ def test_a_run_budget_refuses_at_once_with_the_scope_and_what_is_left(
     assert headers["x-inferplane-budget-dimension"] == "calls"
     assert headers["x-inferplane-budget-remaining"] == "0"
     ask(gateway, run="r2")  # another run has its own budget
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'inferplane_errors_total{error_type="budget_exceeded",gen_ai_request_model=""} 1.0' in (
+        metrics
+    )
 
 
 def test_cost_budget_uses_the_model_price(

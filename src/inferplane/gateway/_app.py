@@ -85,7 +85,17 @@ class Gateway:
     # -- routes ------------------------------------------------------------
 
     async def generate(self, request: Request) -> Response:
-        """chat/completions, completions and embeddings: auth, validate, forward."""
+        """chat/completions, completions and embeddings: admit at the door, then forward."""
+        assert self.proxy is not None, "gateway not started"
+        try:
+            route, body, raw, exchange = await self._admit(request)
+        except OpenAIError as exc:
+            self.metrics.refused(exc.code)
+            raise
+        return await self.proxy.forward(route, request.scope["path"], body, raw, exchange)
+
+    async def _admit(self, request: Request) -> tuple[ModelRoute, dict[str, Any], bytes, Exchange]:
+        """Authenticate, validate, hold the budget; raises the OpenAI error of a refusal."""
         principal = self.keys.authenticate(request.headers.get("authorization"))
         raw = await _read_body(request, self.config.gateway.max_body_bytes)
         body = _parse_json(raw)
@@ -107,9 +117,8 @@ class Gateway:
         stream = body.get("stream")
         if stream is not None and not isinstance(stream, bool):
             raise OpenAIError(400, "'stream' must be a boolean.", "invalid_value", param="stream")
-        path = request.scope["path"]
-        operation = _OPERATIONS[path]
-        assert self.proxy is not None and self.gate is not None, "gateway not started"
+        operation = _OPERATIONS[request.scope["path"]]
+        assert self.gate is not None, "gateway not started"
         model_config = self.config.models[model]
         exchange = Exchange(
             request_id=request.scope["state"]["request_id"],
@@ -124,7 +133,7 @@ class Gateway:
             held = worst_case(body, operation, model_config)
             self.gate.reserve(exchange.request_id, exchange.charge, held, time.time())
             exchange.held = held
-        return await self.proxy.forward(route, path, body, raw, exchange)
+        return route, body, raw, exchange
 
     def _check_allowed(self, principal: Principal, model: str) -> None:
         if principal.is_admin:

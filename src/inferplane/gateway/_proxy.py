@@ -338,9 +338,10 @@ async def _finish_quietly(pieces: AsyncIterator[bytes]) -> None:
 
 
 def _actual_usage(ex: Exchange) -> Amount:
-    """What a request really used. A backend that was reached but reported nothing is
-    charged the prompt as counted at the door; one never reached costs nothing."""
-    if ex.backend is None:
+    """What a request is charged: what it used when a backend answered (status < 400,
+    streams cut short included), nothing when none did. A backend that answered but
+    reported no usage is charged the prompt as counted at the door."""
+    if ex.backend is None or ex.status >= 400:
         return Amount()
     input_tokens = ex.input_tokens
     if input_tokens is None:

@@ -82,6 +82,10 @@ class GatewayMetrics:
     def labels(self, model: str, operation: str, tenant: str) -> tuple[str, str, str]:
         return (self.model(model), operation, self.tenant(tenant))
 
+    def refused(self, error_type: str) -> None:
+        """A request turned away at the door (auth, validation, budget), before any model."""
+        self._errors.labels("", error_type).inc()
+
     def started(self, model: str) -> None:
         self._in_flight.labels(self.model(model)).inc()
 
