@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from inferplane import launcher
+from inferplane.perf import count_text_tokens
 
 from .conftest import KEY, MODEL, Gateway, StartEmulator, StartGateway, client, ledger_rows
 
@@ -23,12 +25,17 @@ def replica(start_emulator: StartEmulator) -> launcher.Child:
     return start_emulator(time_scale=50.0)
 
 
-def ask(gateway: Gateway, run: str | None = None, max_tokens: int = 4) -> object:
+def ask(gateway: Gateway, run: str | None = None, max_tokens: int = 4, **kwargs: Any) -> Any:
     headers = {"X-Inferplane-Workflow": "triage"}
     if run is not None:
         headers["X-Inferplane-Run"] = run
     return client(gateway.url).chat.completions.create(
-        model=MODEL, messages=HI, max_tokens=max_tokens, extra_headers=headers
+        model=MODEL,
+        messages=HI,
+        max_tokens=max_tokens,
+        extra_headers=headers,
+        extra_body={"ignore_eos": True},
+        **kwargs,
     )
 
 
@@ -61,10 +68,47 @@ def test_cost_budget_uses_the_model_price(
         tenant_a="budget: {cost_usd: 0.0001}",
         model="price: {input_per_1m: 0, output_per_1m: 2}",
     )
-    ask(gateway, max_tokens=30)  # holds 60, settles at most 60
+    ask(gateway, max_tokens=45)  # spends exactly 90 (ignore_eos)
     with pytest.raises(openai.RateLimitError) as refused:
-        ask(gateway, max_tokens=60)  # needs 120 on its own
+        ask(gateway, max_tokens=60)  # 10 left: 5 tokens, fewer than a partial grant's 16
     assert refused.value.response.headers["x-inferplane-budget-dimension"] == "cost_micros"
+
+
+def test_near_the_end_of_a_budget_a_stream_is_cut_where_the_budget_ends(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway([replica.url], tenant_a="run_budget: {output_tokens: 100}")
+    ask(gateway, run="r", max_tokens=60)  # 40 output tokens left in run r
+    chunks = list(ask(gateway, run="r", max_tokens=500, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert count_text_tokens(text) == 40
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == ["length"]
+    stop = chunks[-1]
+    assert stop.choices == [] and stop.model_extra["inferplane"]["stopped_by"] == "budget"
+    assert stop.model_extra["inferplane"]["output_tokens_granted"] == 40
+    with pytest.raises(openai.RateLimitError):
+        ask(gateway, run="r", max_tokens=500)  # nothing left
+
+
+def test_a_capped_answer_says_so_in_a_header(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway([replica.url], tenant_a="run_budget: {total_tokens: 100}")
+    reply = client(gateway.url).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=HI,
+        max_tokens=1000,
+        extra_body={"ignore_eos": True},
+        extra_headers={"X-Inferplane-Run": "r"},
+    )
+    granted = int(reply.headers["x-inferplane-budget-capped-output-tokens"])
+    answer = reply.parse()
+    assert answer.usage.prompt_tokens + granted == 100
+    assert answer.usage.completion_tokens == granted
+    assert answer.choices[0].finish_reason == "length"
 
 
 def test_bad_run_header_is_400(replica: launcher.Child, start_gateway: StartGateway) -> None:

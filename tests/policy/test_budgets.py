@@ -159,3 +159,29 @@ def test_no_sequence_of_operations_breaks_the_books(
     for account in b.accounts.values():
         assert account.reserved == Amount() and not account.held
         assert account.spent == settled_total
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 2000),
+    st.integers(0, 2000),
+    st.integers(0, 300),
+    st.integers(1, 9),
+    st.integers(0, 50),
+)
+def test_fit_finds_the_largest_number_of_units_that_fits(
+    limit: int, used: int, base_tokens: int, per_unit: int, cost_per_unit: int
+) -> None:
+    b = Book()
+    b.open(TENANT, BudgetLimits(total_tokens=limit, cost_micros=5000))
+    b.reserve("used", PATH, Amount(input_tokens=min(used, limit)), 0, 60)
+    base = Amount(input_tokens=base_tokens, calls=1)
+    unit = Amount(output_tokens=per_unit, cost_micros=cost_per_unit)
+    k = b.fit(PATH, base, unit, 0)
+    if k is None:
+        assert isinstance(b.reserve("x", PATH, base, 0, 60), Refused)
+        return
+    assert b.reserve("x", PATH, base + unit.scaled(k), 0, 60) == Granted("x")
+    b.expire(61)  # drop both holds, then check that one more unit would not have fitted
+    b.reserve("used", PATH, Amount(input_tokens=min(used, limit)), 61, 60)
+    assert isinstance(b.reserve("y", PATH, base + unit.scaled(k + 1), 61, 60), Refused)

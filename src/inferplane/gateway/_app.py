@@ -130,9 +130,17 @@ class Gateway:
             price=model_config.price,
         )
         if self.gate.is_budgeted(principal.tenant, principal.key_name):
-            held = worst_case(body, operation, model_config)
-            self.gate.reserve(exchange.request_id, exchange.charge, held, time.time())
+            worst = worst_case(body, operation, model_config)
+            held = self.gate.reserve(
+                exchange.request_id, exchange.charge, worst, model_config.price, time.time()
+            )
             exchange.held = held
+            if held.output_tokens < worst.output_tokens:
+                # A partial grant: the backend itself stops at what the budget allows.
+                exchange.output_cap = held.output_tokens
+                field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+                body[field] = held.output_tokens
+                raw = orjson.dumps(body)
         return route, body, raw, exchange
 
     def _check_allowed(self, principal: Principal, model: str) -> None:

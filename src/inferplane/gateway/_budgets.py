@@ -13,22 +13,32 @@ Single process for now: several gateways sharing PostgreSQL come with leases.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from inferplane.config import Budget, Config, Model
+from inferplane.config import Budget, Config, Model, Pricing
 from inferplane.ledger import Ledger
 from inferplane.perf import count_chat_tokens, count_text_tokens
 from inferplane.policy import Amount, Book, Refused, Scope
 from inferplane.wire import OpenAIError
 
-__all__ = ["RUN_HEADER", "WORKFLOW_HEADER", "BudgetGate", "ChargePath", "worst_case"]
+__all__ = [
+    "MIN_PARTIAL_OUTPUT",
+    "RUN_HEADER",
+    "WORKFLOW_HEADER",
+    "BudgetGate",
+    "ChargePath",
+    "worst_case",
+]
 
 WORKFLOW_HEADER = "x-inferplane-workflow"
 RUN_HEADER = "x-inferplane-run"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# The least output worth answering with when a budget can no longer fit the worst case.
+MIN_PARTIAL_OUTPUT = 16
 # Runs and workflows nobody used for this long leave memory (their spend stays in the ledger).
 _IDLE_EVICT_S = 3600.0
 
@@ -105,15 +115,42 @@ class BudgetGate:
         key_budget = next((k.budget for k in t.keys if k.name == key_name), None)
         return any((t.budget, t.workflow_budget, t.run_budget, key_budget))
 
-    def reserve(self, request_id: str, path: ChargePath, amount: Amount, now: float) -> None:
-        """Hold ``amount`` on every budgeted scope of ``path``, or refuse with a 429."""
+    def reserve(
+        self, request_id: str, path: ChargePath, amount: Amount, price: Pricing, now: float
+    ) -> Amount:
+        """Hold ``amount`` on every budgeted scope of ``path``; returns what was held.
+
+        When the worst case does not fit but the prompt and at least
+        ``MIN_PARTIAL_OUTPUT`` tokens of output do, a smaller output is held
+        (the caller then caps the request's ``max_tokens``): a run near the end of
+        its budget gets a shorter answer instead of none. Otherwise: a 429.
+        """
         for scope in path.scopes:
             self._ensure_open(scope, path, now)
         # A hold outlives the longest a request may legitimately take.
         ttl = self.config.gateway.read_timeout_s * 4
         decision = self.book.reserve(request_id, path.scopes, amount, now, ttl)
-        if isinstance(decision, Refused):
-            raise _refusal(decision)
+        if not isinstance(decision, Refused):
+            return amount
+        prompt = amount.input_tokens
+        base = Amount(
+            input_tokens=prompt, calls=amount.calls, cost_micros=price.cost_micros(prompt, 0)
+        )
+        # An upper bound of one more output token's cost, so that k tokens surely fit.
+        unit = Amount(output_tokens=1, cost_micros=math.ceil(price.output_per_1m))
+        most = self.book.fit(path.scopes, base, unit, now)
+        if most is not None and MIN_PARTIAL_OUTPUT <= most < amount.output_tokens:
+            smaller = Amount(
+                input_tokens=prompt,
+                output_tokens=most,
+                calls=amount.calls,
+                cost_micros=price.cost_micros(prompt, most),
+            )
+            if not isinstance(
+                self.book.reserve(request_id, path.scopes, smaller, now, ttl), Refused
+            ):
+                return smaller
+        raise _refusal(decision)
 
     def settle(self, request_id: str, path: ChargePath, actual: Amount, now: float) -> None:
         self.book.settle(request_id, path.scopes, actual, now)

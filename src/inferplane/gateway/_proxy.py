@@ -37,9 +37,19 @@ from inferplane.gateway._upstream import (
 from inferplane.ledger import Ledger, UsageEvent
 from inferplane.policy import Amount, RoundRobin
 from inferplane.telemetry import GatewayMetrics
-from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, SSEDecoder, error_event, sse_payload
+from inferplane.wire import (
+    DONE,
+    SSE_HEADERS,
+    OpenAIError,
+    SSEDecoder,
+    error_event,
+    sse_data,
+    sse_payload,
+)
 
-__all__ = ["Exchange", "ModelRoute", "Proxy"]
+__all__ = ["CAP_HEADER", "Exchange", "ModelRoute", "Proxy"]
+
+CAP_HEADER = "x-inferplane-budget-capped-output-tokens"
 
 log = logging.getLogger("inferplane.gateway")
 
@@ -76,6 +86,7 @@ class Exchange:
     charge: ChargePath
     price: Pricing
     held: Amount | None = None  # the worst case held on budgets, None when unbudgeted
+    output_cap: int | None = None  # max_tokens lowered to fit a budget (a partial grant)
     arrival: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     backend: str | None = None
@@ -177,7 +188,10 @@ class Proxy:
         # The answer goes out once its usage record is committed: what a client was
         # told happened is in the ledger, even if the gateway is killed right after.
         await self._settle(ex)
-        return Response(payload, media_type=resp.content_type or "application/json")
+        headers = {} if ex.output_cap is None else {CAP_HEADER: str(ex.output_cap)}
+        return Response(
+            payload, media_type=resp.content_type or "application/json", headers=headers
+        )
 
     async def _send(
         self, route: ModelRoute, path: str, body: dict[str, Any], raw: bytes, *, rewrite: bool
@@ -243,6 +257,8 @@ class Proxy:
                 if done:
                     watch.finish()
                     await self._settle(ex)  # committed before the client sees the end
+                    if ex.output_cap is not None and (ex.output_tokens or 0) >= ex.output_cap:
+                        yield _budget_stop_event(ex)
                     yield DONE
                     await _finish_quietly(pieces)
                     return
@@ -335,6 +351,27 @@ async def _finish_quietly(pieces: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(1.0):
             async for _ in pieces:
                 pass
+
+
+def _budget_stop_event(ex: Exchange) -> bytes:
+    """Why a stream ended early, as a chunk the openai client accepts: no choices (like the
+    usage chunk), the explanation in an extra field (``chunk.model_extra``)."""
+    chat = ex.operation == "chat"
+    return sse_data(
+        {
+            "id": f"inferplane-{ex.request_id}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(ex.arrival),
+            "model": ex.model,
+            "choices": [],
+            "inferplane": {
+                "stopped_by": "budget",
+                "output_tokens_granted": ex.output_cap,
+                "message": "The budget of this request's tenant, key, workflow or run allowed "
+                f"{ex.output_cap} output tokens; the answer stops there.",
+            },
+        }
+    )
 
 
 def _actual_usage(ex: Exchange) -> Amount:

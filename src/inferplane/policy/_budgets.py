@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 import enum
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime  # calendar arithmetic on a given time; no clock is read
@@ -66,6 +67,16 @@ class Amount:
             self.retries - other.retries,
             self.cost_micros - other.cost_micros,
             self.wall_ms - other.wall_ms,
+        )
+
+    def scaled(self, k: int) -> Amount:
+        return Amount(
+            k * self.input_tokens,
+            k * self.output_tokens,
+            k * self.calls,
+            k * self.retries,
+            k * self.cost_micros,
+            k * self.wall_ms,
         )
 
     def get(self, dimension: str) -> int:
@@ -225,6 +236,22 @@ class Account:
         if hold is not None:
             self.reserved = self.reserved - hold.amount
 
+    def fit(self, base: Amount, unit: Amount, now: float) -> int | None:
+        """The most units ``k`` such that ``base + k * unit`` fits; None if ``base`` does not.
+
+        With nothing limiting ``unit``, the answer is unbounded (``sys.maxsize``)."""
+        self.roll(now)
+        used = self.spent + self.reserved + base
+        most = sys.maxsize
+        for dimension, limit in self.limits.items():
+            room = limit - used.get(dimension)
+            if room < 0:
+                return None
+            per_unit = unit.get(dimension)
+            if per_unit > 0:
+                most = min(most, room // per_unit)
+        return most
+
     def remaining(self, now: float) -> dict[str, int]:
         self.roll(now)
         used = self.spent + self.reserved
@@ -259,6 +286,19 @@ class Book:
         for account in accounts:
             account.hold(request_id, amount, now + ttl_s)
         return Granted(request_id)
+
+    def fit(self, scopes: Iterable[Scope], base: Amount, unit: Amount, now: float) -> int | None:
+        """The most units of ``unit`` that fit on top of ``base`` in every budgeted scope;
+        None when ``base`` alone does not fit one of them."""
+        most = sys.maxsize
+        for scope in scopes:
+            account = self.accounts.get(scope)
+            if account is not None:
+                k = account.fit(base, unit, now)
+                if k is None:
+                    return None
+                most = min(most, k)
+        return most
 
     def settle(self, request_id: str, scopes: Iterable[Scope], actual: Amount, now: float) -> None:
         if not actual.is_nonnegative():
