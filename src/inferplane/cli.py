@@ -8,7 +8,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -420,3 +420,150 @@ def bench_budgets(
         lambda: run_budgets(concurrency=concurrency, duration_s=duration, rounds=rounds, out=out)
     )
     console.print(f"JSON: {out}")
+
+
+# -- admin ----------------------------------------------------------------------
+
+admin_app = typer.Typer(
+    help="Tenants, keys and budgets of a running gateway (needs its admin key).",
+    no_args_is_help=True,
+)
+app.add_typer(admin_app, name="admin")
+
+UrlOption = Annotated[str, typer.Option("--url", help="The gateway.")]
+AdminKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-key",
+        envvar="INFERPLANE_ADMIN_KEY",
+        help="Admin API key (or INFERPLANE_ADMIN_KEY).",
+    ),
+]
+BudgetOption = Annotated[
+    str | None, typer.Option(help='A budget as JSON, e.g. \'{"cost_usd": 50, "window": "month"}\'.')
+]
+
+
+def _admin_call(url: str, admin_key: str | None, path: str, body: object | None = None) -> Any:
+    """One admin API call; an error answer becomes one line and exit 2."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not admin_key:
+        fail("no admin key: pass --admin-key or set INFERPLANE_ADMIN_KEY")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url.rstrip("/") + path,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"authorization": f"Bearer {admin_key}", "content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        fail(f"{exc.code}: {message}")
+    except urllib.error.URLError as exc:
+        fail(f"cannot reach the gateway at {url}: {exc.reason}")
+
+
+def _json_option(value: str | None, name: str) -> Any:
+    import json
+
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        fail(f"--{name} is not valid JSON: {exc}")
+
+
+@admin_app.command("tenants")
+def admin_tenants(
+    url: UrlOption = "http://127.0.0.1:8080", admin_key: AdminKeyOption = None
+) -> None:
+    """List tenants, where each is defined, and their keys."""
+    rows = _admin_call(url, admin_key, "/v1/admin/tenants")["data"]
+    table = Table(title="tenants", title_justify="left")
+    for col in ("tenant", "source", "disabled", "budgets", "keys"):
+        table.add_column(col)
+    for t in rows:
+        budgets = ", ".join(
+            f"{k}={t[k]}" for k in ("budget", "workflow_budget", "run_budget") if t[k]
+        )
+        keys = ", ".join(k["name"] + (" (disabled)" if k["disabled"] else "") for k in t["keys"])
+        table.add_row(t["name"], t["source"], str(t["disabled"]), budgets, keys)
+    console.print(table)
+
+
+@admin_app.command("create-tenant")
+def admin_create_tenant(
+    name: Annotated[str, typer.Argument()],
+    models: Annotated[str | None, typer.Option(help="Comma list of allowed models.")] = None,
+    budget: BudgetOption = None,
+    workflow_budget: BudgetOption = None,
+    run_budget: BudgetOption = None,
+    url: UrlOption = "http://127.0.0.1:8080",
+    admin_key: AdminKeyOption = None,
+) -> None:
+    """Create a tenant."""
+    body: dict[str, Any] = {"name": name}
+    if models is not None:
+        body["models"] = [m for m in models.split(",") if m]
+    for field, value in (
+        ("budget", budget),
+        ("workflow_budget", workflow_budget),
+        ("run_budget", run_budget),
+    ):
+        if value is not None:
+            body[field] = _json_option(value, field.replace("_", "-"))
+    _admin_call(url, admin_key, "/v1/admin/tenants", body)
+    console.print(f"tenant {name} created")
+
+
+@admin_app.command("create-key")
+def admin_create_key(
+    tenant: Annotated[str, typer.Argument()],
+    name: Annotated[str, typer.Argument()],
+    budget: BudgetOption = None,
+    url: UrlOption = "http://127.0.0.1:8080",
+    admin_key: AdminKeyOption = None,
+) -> None:
+    """Make an API key for a tenant; it is printed once and never stored."""
+    body: dict[str, Any] = {"tenant": tenant, "name": name}
+    if budget is not None:
+        body["budget"] = _json_option(budget, "budget")
+    made = _admin_call(url, admin_key, "/v1/admin/keys", body)
+    console.print(f"key (shown once): {made['key']}", highlight=False)
+
+
+@admin_app.command("set")
+def admin_set(
+    tenant: Annotated[str, typer.Argument()],
+    key: Annotated[str | None, typer.Option(help="Change this key instead of the tenant.")] = None,
+    disabled: Annotated[bool | None, typer.Option("--disabled/--enabled")] = None,
+    budget: BudgetOption = None,
+    workflow_budget: BudgetOption = None,
+    run_budget: BudgetOption = None,
+    url: UrlOption = "http://127.0.0.1:8080",
+    admin_key: AdminKeyOption = None,
+) -> None:
+    """Disable/enable a tenant or key, or change its budgets ('null' removes one)."""
+    body: dict[str, Any] = {"tenant": tenant, "name": key} if key else {"name": tenant}
+    if disabled is not None:
+        body["disabled"] = disabled
+    for field, value in (
+        ("budget", budget),
+        ("workflow_budget", workflow_budget),
+        ("run_budget", run_budget),
+    ):
+        if value is not None:
+            body[field] = _json_option(value, field.replace("_", "-"))
+    path = "/v1/admin/keys/update" if key else "/v1/admin/tenants/update"
+    changed = _admin_call(url, admin_key, path, body)
+    console.print(f"updated {', '.join(changed['updated']) or 'nothing'}")

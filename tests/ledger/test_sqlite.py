@@ -87,7 +87,7 @@ async def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
     assert [r[0] for r in rows(path)] == ["r1", "r2"]
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert migrate(db) == db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert migrate(db) == db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 async def test_spend_sums_a_scope_since_a_time(tmp_path: Path) -> None:

@@ -135,6 +135,7 @@ class ApiKey(_Strict):
     name: Name
     sha256: str
     budget: Budget | None = None
+    disabled: bool = False
 
     @field_validator("sha256")
     @classmethod
@@ -145,6 +146,7 @@ class ApiKey(_Strict):
 
 
 class Tenant(_Strict):
+    disabled: bool = False
     keys: list[ApiKey] = Field(default_factory=list)
     # Logical models this tenant may call; None allows all.
     models: list[Name] | None = None

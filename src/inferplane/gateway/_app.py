@@ -17,12 +17,20 @@ from starlette.responses import JSONResponse, Response
 
 from inferplane.asgi import JsonApp
 from inferplane.config import Config
-from inferplane.gateway._auth import KeyRing, Principal
+from inferplane.gateway._admin import AdminApi
+from inferplane.gateway._auth import Principal, Registry
 from inferplane.gateway._budgets import BudgetGate, worst_case
 from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
 from inferplane.gateway._upstream import Upstream
-from inferplane.ledger import GROUPS, Ledger, NullLedger, SqliteLedger, usage_summary
+from inferplane.ledger import (
+    GROUPS,
+    Ledger,
+    NullLedger,
+    SqliteLedger,
+    TenantStore,
+    usage_summary,
+)
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import OpenAIError
 
@@ -41,7 +49,6 @@ _OPERATIONS = {
 class Gateway:
     def __init__(self, config: Config, upstream: Upstream | None = None) -> None:
         self.config = config
-        self.keys = KeyRing(config)
         settings = config.gateway
         self.routes = {
             name: ModelRoute.from_config(name, model, settings.backend_cooldown_s)
@@ -51,6 +58,8 @@ class Gateway:
         self._upstream = upstream
         self.proxy: Proxy | None = None
         self.gate: BudgetGate | None = None
+        self.registry: Registry | None = None
+        self.store: TenantStore | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -60,12 +69,11 @@ class Gateway:
             read_timeout_s=s.read_timeout_s,
             max_connections_per_host=s.max_connections_per_backend,
         )
-        ledger: Ledger = (
-            SqliteLedger(self.config.data_dir / LEDGER_FILE)
-            if self.config.usage_ledger
-            else NullLedger()
-        )
-        self.gate = BudgetGate(self.config, ledger)
+        path = self.config.data_dir / LEDGER_FILE
+        ledger: Ledger = SqliteLedger(path) if self.config.usage_ledger else NullLedger()
+        self.store = TenantStore(path) if self.config.usage_ledger else None
+        self.registry = Registry(self.config, self.store)
+        self.gate = BudgetGate(self.config, self.registry, ledger)
         self.proxy = Proxy(upstream, self.metrics, ledger, self.gate)
         self._ticker = asyncio.create_task(self._tick_budgets(), name="budget-ticker")
 
@@ -75,12 +83,22 @@ class Gateway:
             await asyncio.sleep(1.0)
             self.gate.tick(time.time())
 
+    def _registry(self) -> Registry:
+        assert self.registry is not None, "gateway not started"
+        return self.registry
+
+    def _gate_or_fail(self) -> BudgetGate:
+        assert self.gate is not None, "gateway not started"
+        return self.gate
+
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
         if self.proxy is not None:
             await self.proxy.upstream.aclose()
             self.proxy.ledger.close()
+        if self.store is not None:
+            self.store.close()
 
     # -- routes ------------------------------------------------------------
 
@@ -96,7 +114,7 @@ class Gateway:
 
     async def _admit(self, request: Request) -> tuple[ModelRoute, dict[str, Any], bytes, Exchange]:
         """Authenticate, validate, hold the budget; raises the OpenAI error of a refusal."""
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = self._registry().authenticate(request.headers.get("authorization"))
         raw = await _read_body(request, self.config.gateway.max_body_bytes)
         body = _parse_json(raw)
         model = body.get("model")
@@ -146,7 +164,7 @@ class Gateway:
     def _check_allowed(self, principal: Principal, model: str) -> None:
         if principal.is_admin:
             return
-        allowed = self.config.tenants[principal.tenant].models
+        allowed = self._registry().tenants[principal.tenant].models
         if allowed is not None and model not in allowed:
             raise OpenAIError(
                 403,
@@ -157,7 +175,7 @@ class Gateway:
 
     async def usage(self, request: Request) -> Response:
         """Usage grouped by scope and day; a tenant's key sees its own tenant only."""
-        principal = self.keys.authenticate(request.headers.get("authorization"))
+        principal = self._registry().authenticate(request.headers.get("authorization"))
         params = request.query_params
         tenant = params.get("tenant")
         if not principal.is_admin:
@@ -195,8 +213,8 @@ class Gateway:
         return JSONResponse({"object": "list", "group_by": group_by, "data": data})
 
     async def models(self, request: Request) -> Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
-        allowed = None if principal.is_admin else self.config.tenants[principal.tenant].models
+        principal = self._registry().authenticate(request.headers.get("authorization"))
+        allowed = None if principal.is_admin else self._registry().tenants[principal.tenant].models
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "inferplane"}
             for name in self.routes
@@ -275,6 +293,12 @@ def create_gateway_app(config: Config, upstream: Upstream | None = None) -> Json
         app.route(path, gateway.generate, methods=("POST",))
     app.route("/v1/models", gateway.models)
     app.route("/v1/usage", gateway.usage)
+    admin = AdminApi(gateway._registry, gateway._gate_or_fail, set(config.models))
+    app.route("/v1/admin/tenants", admin.list_tenants)
+    app.route("/v1/admin/tenants", admin.create_tenant, methods=("POST",))
+    app.route("/v1/admin/tenants/update", admin.update_tenant, methods=("POST",))
+    app.route("/v1/admin/keys", admin.create_key, methods=("POST",))
+    app.route("/v1/admin/keys/update", admin.update_key, methods=("POST",))
     app.route("/health", gateway.health)
     app.route("/metrics", gateway.prometheus)
     app.state["gateway"] = gateway

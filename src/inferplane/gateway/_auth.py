@@ -1,16 +1,27 @@
-"""API keys: clients present ``Authorization: Bearer <key>``; only SHA-256 digests are stored."""
+"""Who may call: tenants and their API keys, from the config file and the admin API.
+
+Clients present ``Authorization: Bearer <key>``; only SHA-256 digests are
+stored. Tenants defined in the config file are read-only at run time;
+tenants created through the admin API live in the ``TenantStore`` beside the
+ledger and survive restarts. A name defined in both is the config's.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
-from inferplane.config import Config
+from pydantic import ValidationError
+
+from inferplane.config import Config, Tenant
+from inferplane.ledger import TenantStore
 from inferplane.wire import OpenAIError
 
-__all__ = ["ADMIN_TENANT", "KeyRing", "Principal", "hash_key"]
+__all__ = ["ADMIN_TENANT", "Principal", "Registry", "hash_key"]
 
 ADMIN_TENANT = "_admin"
+log = logging.getLogger("inferplane.gateway")
 
 
 def hash_key(key: str) -> str:
@@ -27,16 +38,70 @@ class Principal:
         return self.tenant == ADMIN_TENANT
 
 
-class KeyRing:
-    """Digest -> principal. Looking up a digest leaks nothing useful about the key itself."""
+class Registry:
+    """Tenants by name and keys by digest; looking up a digest leaks nothing of the key."""
 
-    def __init__(self, config: Config) -> None:
-        self._by_digest: dict[str, Principal] = {}
-        for tenant_name, tenant in config.tenants.items():
+    def __init__(self, config: Config, store: TenantStore | None) -> None:
+        self._config = config
+        self._store = store
+        self.tenants: dict[str, Tenant] = {}
+        for name, doc in (store.load() if store else {}).items():
+            try:
+                self.tenants[name] = Tenant.model_validate_json(doc)
+            except ValidationError as exc:  # written by an older version, say: keep serving
+                log.error("stored tenant %r is invalid and ignored: %s", name, exc)
+        for name in set(self.tenants) & set(config.tenants):
+            log.warning(
+                "tenant %r is defined in the config file and the store: using the config file's",
+                name,
+            )
+        self.tenants.update(config.tenants)
+        self._index()
+
+    def _index(self) -> None:
+        by_digest: dict[str, tuple[Principal, bool]] = {}
+        for name, tenant in self.tenants.items():
             for key in tenant.keys:
-                self._by_digest[key.sha256] = Principal(tenant_name, key.name)
-        if config.admin_key_sha256:
-            self._by_digest[config.admin_key_sha256] = Principal(ADMIN_TENANT, "admin")
+                if key.sha256 in by_digest:
+                    raise ValueError(f"API key {key.name!r} of tenant {name!r} is not unique")
+                by_digest[key.sha256] = (Principal(name, key.name), key.disabled or tenant.disabled)
+        if self._config.admin_key_sha256:
+            by_digest[self._config.admin_key_sha256] = (Principal(ADMIN_TENANT, "admin"), False)
+        self._by_digest = by_digest
+
+    def is_static(self, tenant: str) -> bool:
+        return tenant in self._config.tenants
+
+    def put(self, name: str, tenant: Tenant) -> None:
+        """Create or replace a tenant made through the admin API; durable when it returns."""
+        if self.is_static(name):
+            raise OpenAIError(
+                409,
+                f"Tenant '{name}' is defined in the config file; change it there.",
+                "tenant_in_config",
+            )
+        if self._store is None:
+            raise OpenAIError(
+                409,
+                "This gateway keeps no store (usage_ledger: false), so "
+                "tenants can only be defined in its config file.",
+                "no_store",
+            )
+        previous = self.tenants.get(name)
+        self.tenants[name] = tenant
+        try:
+            self._index()
+        except ValueError as exc:
+            self._restore(name, previous)
+            raise OpenAIError(409, str(exc), "duplicate_key") from None
+        self._store.save(name, tenant.model_dump_json(exclude_defaults=True))
+
+    def _restore(self, name: str, previous: Tenant | None) -> None:
+        if previous is None:
+            del self.tenants[name]
+        else:
+            self.tenants[name] = previous
+        self._index()
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -50,7 +115,12 @@ class KeyRing:
             raise OpenAIError(
                 401, "The Authorization header must be 'Bearer <key>'.", "invalid_api_key"
             )
-        principal = self._by_digest.get(hash_key(key.strip()))
-        if principal is None:
+        found = self._by_digest.get(hash_key(key.strip()))
+        if found is None:
             raise OpenAIError(401, "Incorrect API key provided.", "invalid_api_key")
+        principal, disabled = found
+        if disabled:
+            raise OpenAIError(
+                401, "This API key or its tenant has been disabled.", "api_key_disabled"
+            )
         return principal

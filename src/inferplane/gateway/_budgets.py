@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferplane.config import Budget, Config, Model, Pricing
+from inferplane.gateway._auth import Registry
 from inferplane.ledger import Ledger
 from inferplane.perf import count_chat_tokens, count_text_tokens
 from inferplane.policy import Amount, Book, Refused, Scope
@@ -92,8 +93,9 @@ def worst_case(body: dict[str, Any], operation: str, model: Model) -> Amount:
 
 
 class BudgetGate:
-    def __init__(self, config: Config, ledger: Ledger) -> None:
+    def __init__(self, config: Config, registry: Registry, ledger: Ledger) -> None:
         self.config = config
+        self.registry = registry
         self.ledger = ledger
         self.book = Book()
         self._last_used: dict[Scope, float] = {}
@@ -109,7 +111,7 @@ class BudgetGate:
         return ChargePath(workflow, run, tuple(scopes))
 
     def is_budgeted(self, tenant: str, key_name: str) -> bool:
-        t = self.config.tenants.get(tenant)
+        t = self.registry.tenants.get(tenant)
         if t is None:
             return False
         key_budget = next((k.budget for k in t.keys if k.name == key_name), None)
@@ -155,6 +157,19 @@ class BudgetGate:
     def settle(self, request_id: str, path: ChargePath, actual: Amount, now: float) -> None:
         self.book.settle(request_id, path.scopes, actual, now)
 
+    def refresh(self, tenant: str, now: float) -> None:
+        """Apply a tenant's changed budgets to its open accounts.
+
+        Spend is rebuilt from the ledger for the (possibly new) window; holds of
+        requests in flight carry over, so nothing in flight is forgotten."""
+        for scope in [s for s in self.book.accounts if s.id.split("/", 1)[0] == tenant]:
+            old = self.book.accounts.pop(scope)
+            self._ensure_open(scope, _path_of(scope), now)
+            new = self.book.accounts.get(scope)
+            if new is not None:
+                for request_id, hold in old.held.items():
+                    new.hold(request_id, hold.amount, hold.expires_at)
+
     def tick(self, now: float) -> None:
         """Expire holds of requests that never settled; forget idle runs and workflows."""
         self.book.expire(now)
@@ -188,7 +203,7 @@ class BudgetGate:
 
     def _budget_of(self, scope: Scope) -> Budget | None:
         tenant_name, _, rest = scope.id.partition("/")
-        tenant = self.config.tenants.get(tenant_name)
+        tenant = self.registry.tenants.get(tenant_name)
         if tenant is None:
             return None
         if scope.kind == "tenant":
@@ -198,6 +213,17 @@ class BudgetGate:
         if scope.kind == "workflow":
             return tenant.workflow_budget
         return tenant.run_budget
+
+
+def _path_of(scope: Scope) -> ChargePath:
+    """The charge path that opened ``scope`` (inverse of ``BudgetGate.path`` for one scope)."""
+    rest = scope.id.partition("/")[2]
+    if scope.kind == "run":
+        workflow, _, run = rest.partition("/")
+        return ChargePath(None if workflow == "-" else workflow, run, (scope,))
+    if scope.kind == "workflow":
+        return ChargePath(rest, None, (scope,))
+    return ChargePath(None, None, (scope,))
 
 
 def _refusal(refused: Refused) -> OpenAIError:

@@ -4,6 +4,7 @@ from inferplane.ledger._base import Ledger
 from inferplane.ledger._events import UsageEvent
 from inferplane.ledger._query import FOCUS_COLUMNS, GROUPS, focus_rows, usage_summary
 from inferplane.ledger._sqlite import NullLedger, SqliteLedger, migrate
+from inferplane.ledger._tenants import TenantStore
 
 __all__ = [
     "FOCUS_COLUMNS",
@@ -11,6 +12,7 @@ __all__ = [
     "Ledger",
     "NullLedger",
     "SqliteLedger",
+    "TenantStore",
     "UsageEvent",
     "focus_rows",
     "migrate",

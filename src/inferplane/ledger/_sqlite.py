@@ -52,6 +52,13 @@ _MIGRATIONS = (
     ALTER TABLE usage_events ADD COLUMN cost_micros INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX usage_events_run ON usage_events (tenant, workflow, run, time);
     """,
+    """
+    CREATE TABLE tenants (
+        name TEXT PRIMARY KEY,
+        doc TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )
 
 _COLUMNS = [f.name for f in fields(UsageEvent)]
