@@ -483,6 +483,15 @@ def _json_option(value: str | None, name: str) -> Any:
         fail(f"--{name} is not valid JSON: {exc}")
 
 
+def _budget_fields(**options: str | None) -> dict[str, Any]:
+    """The budget options given on the command line, parsed, by API field name."""
+    return {
+        field: _json_option(value, field.replace("_", "-"))
+        for field, value in options.items()
+        if value is not None
+    }
+
+
 @admin_app.command("tenants")
 def admin_tenants(
     url: UrlOption = "http://127.0.0.1:8080", admin_key: AdminKeyOption = None
@@ -515,13 +524,9 @@ def admin_create_tenant(
     body: dict[str, Any] = {"name": name}
     if models is not None:
         body["models"] = [m for m in models.split(",") if m]
-    for field, value in (
-        ("budget", budget),
-        ("workflow_budget", workflow_budget),
-        ("run_budget", run_budget),
-    ):
-        if value is not None:
-            body[field] = _json_option(value, field.replace("_", "-"))
+    body.update(
+        _budget_fields(budget=budget, workflow_budget=workflow_budget, run_budget=run_budget)
+    )
     _admin_call(url, admin_key, "/v1/admin/tenants", body)
     console.print(f"tenant {name} created")
 
@@ -535,9 +540,7 @@ def admin_create_key(
     admin_key: AdminKeyOption = None,
 ) -> None:
     """Make an API key for a tenant; it is printed once and never stored."""
-    body: dict[str, Any] = {"tenant": tenant, "name": name}
-    if budget is not None:
-        body["budget"] = _json_option(budget, "budget")
+    body: dict[str, Any] = {"tenant": tenant, "name": name, **_budget_fields(budget=budget)}
     made = _admin_call(url, admin_key, "/v1/admin/keys", body)
     console.print(f"key (shown once): {made['key']}", highlight=False)
 
@@ -557,13 +560,9 @@ def admin_set(
     body: dict[str, Any] = {"tenant": tenant, "name": key} if key else {"name": tenant}
     if disabled is not None:
         body["disabled"] = disabled
-    for field, value in (
-        ("budget", budget),
-        ("workflow_budget", workflow_budget),
-        ("run_budget", run_budget),
-    ):
-        if value is not None:
-            body[field] = _json_option(value, field.replace("_", "-"))
+    body.update(
+        _budget_fields(budget=budget, workflow_budget=workflow_budget, run_budget=run_budget)
+    )
     path = "/v1/admin/keys/update" if key else "/v1/admin/tenants/update"
     changed = _admin_call(url, admin_key, path, body)
     console.print(f"updated {', '.join(changed['updated']) or 'nothing'}")

@@ -145,6 +145,14 @@ def test_cli_creates_a_key_and_prints_it_once(shared: Gateway) -> None:
     ).stdout
     key = out.split("key (shown once): ")[1].split()[0]
     assert client(gateway.url, key=key).models.list().data[0].id == MODEL
+    subprocess.run(
+        [*cli, "set", "globex", "--key", "ci", "--disabled", "--url", gateway.url],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    with pytest.raises(openai.AuthenticationError):
+        client(gateway.url, key=key).models.list()
     bad = subprocess.run(
         [*cli, "create-tenant", "globex", "--url", gateway.url],
         env=env,
