@@ -164,7 +164,8 @@ class JsonApp:
                     if self._on_startup is not None:
                         await self._on_startup()
                 except Exception as exc:
-                    log.exception("startup failed")
+                    # The server prints the message; the traceback only helps when debugging.
+                    log.debug("startup failed", exc_info=True)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

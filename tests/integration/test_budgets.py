@@ -199,3 +199,15 @@ def test_kill_9_under_load_loses_no_answered_request(
     start_gateway([replica.url], data_dir=gateway.data_dir)
     recorded = {row["request_id"] for row in ledger_rows(gateway, expected=len(answered))}
     assert set(answered) <= recorded
+
+
+def test_a_second_gateway_on_the_same_data_dir_is_refused(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    # Budgets live in one process's memory: two writers would both admit up to the limit.
+    first = start_gateway([replica.url], tenant_a="budget: {calls: 2}")
+    with pytest.raises(launcher.LaunchError):
+        start_gateway([replica.url], data_dir=first.data_dir)
+    logs = [p.read_text() for p in first.data_dir.parent.glob("gateway-*.log")]
+    assert any("is in use by another gateway" in text for text in logs)
+    assert httpx.get(first.url + "/health").status_code == 200  # the first one carries on

@@ -3,13 +3,14 @@
 from inferplane.ledger._base import Ledger
 from inferplane.ledger._events import UsageEvent
 from inferplane.ledger._query import FOCUS_COLUMNS, GROUPS, focus_rows, usage_summary
-from inferplane.ledger._sqlite import NullLedger, SqliteLedger, migrate
+from inferplane.ledger._sqlite import LedgerInUse, NullLedger, SqliteLedger, migrate
 from inferplane.ledger._tenants import TenantStore
 
 __all__ = [
     "FOCUS_COLUMNS",
     "GROUPS",
     "Ledger",
+    "LedgerInUse",
     "NullLedger",
     "SqliteLedger",
     "TenantStore",

@@ -14,16 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import operator
+import os
 import queue
 import sqlite3
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import IO
 
 from inferplane.ledger._events import UsageEvent
 
-__all__ = ["NullLedger", "SqliteLedger"]
+__all__ = ["LedgerInUse", "NullLedger", "SqliteLedger"]
+
+
+class LedgerInUse(RuntimeError):
+    """Another gateway process writes this ledger: budgets would not be exact."""
+
 
 # Each entry migrates the schema from version i to i + 1; never edit one that shipped.
 _MIGRATIONS = (
@@ -80,9 +88,14 @@ def migrate(db: sqlite3.Connection) -> int:
 
 
 class SqliteLedger:
+    """One gateway process per ledger file: its budgets are kept in that process's memory,
+    so a second process would admit against the same limits. A lock file refuses it
+    (several processes will share budgets through a database store instead)."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._lock = _lock_exclusively(path.with_name(path.name + ".lock"))
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
@@ -124,6 +137,7 @@ class SqliteLedger:
         self._writer.join()
         self._db.close()
         self._reader.close()
+        self._lock.close()  # closing the file releases the lock
 
     def _write_loop(self) -> None:
         stopping = False
@@ -147,6 +161,25 @@ class SqliteLedger:
             for loop, futures in loops.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                     loop.call_soon_threadsafe(_complete, futures)
+
+
+def _lock_exclusively(path: Path) -> IO[str]:
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise LedgerInUse(
+            f"{path.with_suffix('')} is in use by another gateway (pid {holder}); run one "
+            "gateway process per data_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 @dataclass(frozen=True, slots=True)
