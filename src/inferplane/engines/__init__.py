@@ -10,7 +10,7 @@ from inferplane.engines._core import (
     Produced,
 )
 from inferplane.engines._emulator import EmulatorSettings, create_emulator_app
-from inferplane.engines._live import LiveEngine, Stream
+from inferplane.engines._live import LiveEngine, Observer, Stream
 
 __all__ = [
     "Admitted",
@@ -20,6 +20,7 @@ __all__ = [
     "EngineRequest",
     "Finished",
     "LiveEngine",
+    "Observer",
     "Preempted",
     "Produced",
     "Stream",

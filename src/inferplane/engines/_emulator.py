@@ -76,23 +76,26 @@ class _Emulator:
         self.aliases = {self.name, spec.name, spec.hf_id}
         core = EngineCore(self.perf, settings.limits)
         self.metrics = EngineMetrics(core, self.name)
-        self.engine = LiveEngine(
-            core, settings.time_scale, self._on_token, self._on_finish, self._on_admit
-        )
+        self.engine = LiveEngine(core, settings.time_scale, observer=self)
         self.error_rate = settings.error_rate
         self._faults = random.Random(settings.seed)
 
-    def _on_token(self, stream: Stream, t: float, num_tokens: int) -> None:
+    # -- what the engine reports (LiveEngine's Observer) ------------------------
+
+    def admitted(self, stream: Stream, t: float) -> None:
+        self.metrics.queue_time.observe(t - stream.arrival)
+
+    def produced(self, stream: Stream, t: float, num_tokens: int) -> None:
         if stream.last_token_time is None:
             self.metrics.ttft.observe(t - stream.arrival)
         else:
             self.metrics.itl.observe((t - stream.last_token_time) / num_tokens)
         self.metrics.generation_tokens.inc(num_tokens)
 
-    def _on_admit(self, stream: Stream, t: float) -> None:
-        self.metrics.queue_time.observe(t - stream.arrival)
+    def preempted(self, stream: Stream, t: float) -> None:
+        self.metrics.preemptions.inc()
 
-    def _on_finish(self, stream: Stream, t: float) -> None:
+    def finished(self, stream: Stream, t: float) -> None:
         self.metrics.e2e.observe(t - stream.arrival)
 
     # -- requests ----------------------------------------------------------

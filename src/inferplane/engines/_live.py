@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from inferplane.engines._core import Admitted, EngineCore, EngineRequest, Event, Finished, Produced
 
-__all__ = ["LiveEngine", "Stream"]
+__all__ = ["LiveEngine", "Observer", "Stream"]
 
 
 @dataclass(slots=True)
@@ -26,30 +26,33 @@ class Stream:
     request: EngineRequest
     arrival: float  # engine time
     queue: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
-    admitted_time: float | None = None
-    first_token_time: float | None = None
+    admitted_time: float | None = None  # first admission (preemption re-admits)
     last_token_time: float | None = None
-    num_preemptions: int = 0
+
+
+class Observer(Protocol):
+    """Told what happens to each stream, at engine time ``t`` (metrics, logs)."""
+
+    def admitted(self, stream: Stream, t: float) -> None: ...
+
+    def produced(self, stream: Stream, t: float, num_tokens: int) -> None: ...
+
+    def preempted(self, stream: Stream, t: float) -> None: ...
+
+    def finished(self, stream: Stream, t: float) -> None: ...
 
 
 class LiveEngine:
     """Runs the core on the event loop; ``submit`` a request, read its ``Stream``."""
 
     def __init__(
-        self,
-        core: EngineCore,
-        time_scale: float = 1.0,
-        on_token: Callable[[Stream, float, int], None] | None = None,
-        on_finish: Callable[[Stream, float], None] | None = None,
-        on_admit: Callable[[Stream, float], None] | None = None,
+        self, core: EngineCore, time_scale: float = 1.0, observer: Observer | None = None
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         self.core = core
         self.time_scale = time_scale
-        self._on_token = on_token
-        self._on_finish = on_finish
-        self._on_admit = on_admit
+        self._observer = observer
         self._streams: dict[str, Stream] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -101,26 +104,25 @@ class LiveEngine:
             self._deliver(self.core.advance(self.now()))
 
     def _deliver(self, events: list[Event]) -> None:
+        observer = self._observer
         for event in events:
             stream = self._streams.get(event.request_id)
             if stream is None:
                 continue
             if isinstance(event, Produced):
-                if stream.first_token_time is None:
-                    stream.first_token_time = event.time
-                if self._on_token is not None:
-                    self._on_token(stream, event.time, event.num_tokens)
+                if observer is not None:
+                    observer.produced(stream, event.time, event.num_tokens)
                 stream.last_token_time = event.time
                 stream.queue.put_nowait(event.num_tokens)
             elif isinstance(event, Admitted):
                 if stream.admitted_time is None:
                     stream.admitted_time = event.time
-                    if self._on_admit is not None:
-                        self._on_admit(stream, event.time)
+                    if observer is not None:
+                        observer.admitted(stream, event.time)
             elif isinstance(event, Finished):
                 del self._streams[event.request_id]
-                if self._on_finish is not None:
-                    self._on_finish(stream, event.time)
+                if observer is not None:
+                    observer.finished(stream, event.time)
                 stream.queue.put_nowait(None)
-            else:
-                stream.num_preemptions += 1
+            elif observer is not None:
+                observer.preempted(stream, event.time)
