@@ -185,3 +185,33 @@ def test_fit_finds_the_largest_number_of_units_that_fits(
     b.expire(61)  # drop both holds, then check that one more unit would not have fitted
     b.reserve("used", PATH, Amount(input_tokens=min(used, limit)), 61, 60)
     assert isinstance(b.reserve("y", PATH, base + unit.scaled(k + 1), 61, 60), Refused)
+
+
+def test_rolling_day_lets_spend_go_after_24_hours() -> None:
+    b = Book()
+    b.open(TENANT, BudgetLimits(calls=1), Window.ROLLING_DAY)
+    b.reserve("a", PATH, Amount(calls=1), 0.0, 60)
+    b.settle("a", PATH, Amount(calls=1), 30.0)  # spent in the bucket [0, 60)
+    assert isinstance(b.reserve("b", PATH, Amount(calls=1), 86_399.9, 60), Refused)
+    assert b.reserve("b", PATH, Amount(calls=1), 86_400.0, 60) == Granted("b")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 3 * 86_400), st.integers(0, 50)), max_size=40))
+def test_rolling_spend_is_what_was_settled_in_the_last_window(
+    settlements: list[tuple[float, int]],
+) -> None:
+    b = Book()
+    b.open(TENANT, BudgetLimits(output_tokens=10**9), Window.ROLLING_DAY)
+    account = b.accounts[TENANT]
+    now = 0.0
+    history: list[tuple[float, int]] = []
+    for i, (t, tokens) in enumerate(sorted(settlements)):
+        now = t
+        b.settle(str(i), PATH, Amount(output_tokens=tokens), now)
+        history.append((now, tokens))
+        account.roll(now)
+        # Buckets of one minute: a settlement counts while its minute is in the last 1440.
+        oldest = int(now // 60) - 1440 + 1
+        expected = sum(n for when, n in history if int(when // 60) >= oldest)
+        assert account.spent.output_tokens == expected

@@ -199,7 +199,11 @@ class BudgetGate:
         elif scope.kind == "run":
             match["workflow"], match["run"] = path.workflow, path.run
         inp, out, calls, cost = self.ledger.spend(account.window_start, **match)
-        account.spent = Amount(input_tokens=inp, output_tokens=out, calls=calls, cost_micros=cost)
+        # In a rolling window this counts the whole loaded spend as recent: it leaves the
+        # window later than it should, never earlier, so nothing is over-admitted.
+        account.record(
+            Amount(input_tokens=inp, output_tokens=out, calls=calls, cost_micros=cost), now
+        )
 
     def _budget_of(self, scope: Scope) -> Budget | None:
         tenant_name, _, rest = scope.id.partition("/")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import calendar
 import enum
 import sys
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime  # calendar arithmetic on a given time; no clock is read
@@ -130,19 +131,33 @@ class BudgetLimits:
 
 
 class Window(enum.StrEnum):
-    """When spend resets: never, or at the start of each UTC calendar day or month."""
+    """Which spend counts: all of it; since the start of the UTC calendar day or month
+    (reset exactly at the boundary); or the last 24 hours or 30 days (rolling: spend
+    leaves the window in 1-minute or 1-hour buckets)."""
 
     LIFETIME = "lifetime"
     DAY = "day"
     MONTH = "month"
+    ROLLING_DAY = "rolling_day"
+    ROLLING_MONTH = "rolling_month"
+
+    @property
+    def rolling(self) -> tuple[float, float] | None:
+        """(length, bucket) in seconds for rolling windows, None for the others."""
+        return _ROLLING.get(self)
 
     def start(self, now: float) -> float:
-        """Unix time at which the window containing ``now`` began."""
+        """Unix time at which the window that counts at ``now`` began."""
         if self is Window.LIFETIME:
             return float("-inf")
+        if (rolling := self.rolling) is not None:
+            return now - rolling[0]
         t = datetime.fromtimestamp(now, UTC)
         day = 1 if self is Window.MONTH else t.day
         return float(calendar.timegm((t.year, t.month, day, 0, 0, 0)))
+
+
+_ROLLING = {Window.ROLLING_DAY: (86_400.0, 60.0), Window.ROLLING_MONTH: (30 * 86_400.0, 3600.0)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,13 +208,35 @@ class Account:
     spent: Amount = ZERO
     reserved: Amount = ZERO  # the sum of ``held``, kept up to date
     held: dict[str, _Hold] = field(default_factory=dict)
+    # Rolling windows: spend per time bucket (index, amount), oldest first; sums to ``spent``.
+    buckets: deque[tuple[int, Amount]] = field(default_factory=deque)
 
     def roll(self, now: float) -> None:
-        """Start a new window if ``now`` is past the current one; holds stay held."""
+        """Move the window to ``now``: calendar windows reset spend at their boundary,
+        rolling ones let old buckets go. Holds stay held."""
         start = self.window.start(now)
-        if start > self.window_start:
-            self.window_start = start
+        if start <= self.window_start:
+            return
+        self.window_start = start
+        rolling = self.window.rolling
+        if rolling is None:
             self.spent = ZERO
+            return
+        length, bucket = rolling
+        oldest = int(now // bucket) - int(length // bucket) + 1
+        while self.buckets and self.buckets[0][0] < oldest:
+            self.spent = self.spent - self.buckets.popleft()[1]
+
+    def record(self, amount: Amount, now: float) -> None:
+        """Count ``amount`` as spent at ``now`` (settlements, and spend loaded at start)."""
+        self.roll(now)
+        self.spent = self.spent + amount
+        rolling = self.window.rolling
+        if rolling is not None:
+            index = int(now // rolling[1])
+            if self.buckets and self.buckets[-1][0] == index:
+                amount = self.buckets.pop()[1] + amount
+            self.buckets.append((index, amount))
 
     def check(self, amount: Amount, now: float) -> Refused | None:
         """Would ``amount`` fit on top of what is spent and held? None when it does."""
@@ -219,9 +256,8 @@ class Account:
 
     def settle(self, request_id: str, actual: Amount, now: float) -> None:
         """Replace the hold of ``request_id`` (if any) by what it actually used."""
-        self.roll(now)
         self._release(request_id)
-        self.spent = self.spent + actual
+        self.record(actual, now)
         assert self.spent.is_nonnegative() and self.reserved.is_nonnegative()
 
     def expire(self, now: float) -> list[str]:
