@@ -160,19 +160,36 @@ requests = st.lists(
 )
 
 
-def _run(reqs: list[tuple[float, int, int]], tick: float | None) -> list[object]:
-    """Replay arrivals; with ``tick`` the clock also moves in small steps (a live driver)."""
+def _run(reqs: list[tuple[float, int, int]], *, live: bool) -> list[object]:
+    """Replay arrivals the way a driver does: ``live`` advances step by step (the
+    emulator); otherwise the clock jumps from arrival to arrival (the twin)."""
     engine = core(kv_capacity_tokens=4096, max_num_batched_tokens=1024)
     events: list[object] = []
     for i, (arrival, prompt, output) in enumerate(sorted(reqs)):
-        if tick is not None:
+        if live:
             t = engine.next_event_time()
             while t is not None and t <= arrival:
                 events += engine.advance(t)
                 t = engine.next_event_time()
+        else:
+            events += engine.advance(arrival)
         engine.add_request(EngineRequest(str(i), prompt, output), now=arrival)
-    events += drain(engine)
+    events += drain(engine) if live else engine.advance(float("inf"))
     return events
+
+
+def summary(events: list[object]) -> dict[str, tuple[int, float, float, int]]:
+    """Per request: tokens, first token time, finish time, preemptions."""
+    out: dict[str, list[float]] = {}
+    for e in events:
+        if isinstance(e, Produced):
+            entry = out.setdefault(e.request_id, [0, e.time, 0.0, 0])
+            entry[0] += e.num_tokens
+        elif isinstance(e, Finished):
+            out[e.request_id][2] = e.time
+        elif isinstance(e, Preempted):
+            out.setdefault(e.request_id, [0, 0.0, 0.0, 0])[3] += 1
+    return {rid: (int(v[0]), v[1], v[2], int(v[3])) for rid, v in out.items()}
 
 
 @settings(max_examples=60, deadline=None)
@@ -180,7 +197,7 @@ def _run(reqs: list[tuple[float, int, int]], tick: float | None) -> list[object]
 def test_every_request_gets_exactly_its_tokens_in_time_order(
     reqs: list[tuple[float, int, int]],
 ) -> None:
-    events = _run(reqs, tick=None)
+    events = _run(reqs, live=True)
     arrivals = {str(i): r for i, r in enumerate(sorted(reqs))}
     last: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -193,10 +210,49 @@ def test_every_request_gets_exactly_its_tokens_in_time_order(
     assert {e.request_id for e in events if isinstance(e, Finished)} == set(arrivals)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(requests)
-def test_stepping_the_clock_finely_gives_the_same_events(
+def test_jumping_between_arrivals_gives_the_timings_of_stepping(
     reqs: list[tuple[float, int, int]],
 ) -> None:
-    # One engine logic, two drivers: the live one advances every step, the twin jumps.
-    assert _run(reqs, tick=0.001) == _run(reqs, tick=None)
+    # One engine logic, two drivers: the emulator advances every step, the twin jumps
+    # (decode runs summed in closed form). Same tokens, same times up to float rounding.
+    live, twin = summary(_run(reqs, live=True)), summary(_run(reqs, live=False))
+    assert live.keys() == twin.keys()
+    for rid, (tokens, first, finish, preemptions) in live.items():
+        assert twin[rid][0] == tokens
+        assert twin[rid][1] == pytest.approx(first, rel=1e-9)
+        assert twin[rid][2] == pytest.approx(finish, rel=1e-9)
+        assert twin[rid][3] == preemptions
+
+
+def test_a_long_decode_is_crossed_in_one_call() -> None:
+    stepped, jumped = core(), core()
+    for engine in (stepped, jumped):
+        engine.add_request(EngineRequest("a", 100, 2000), now=0.0)
+        engine.add_request(EngineRequest("b", 100, 1500), now=0.0)
+    by_step = drain(stepped)
+    by_jump = jumped.advance(float("inf"))
+    assert len(by_step) > 3000
+    # 2 admissions, a's first token, a step with b's prefill and a's decode (2 events),
+    # one run to b's finish (3 events), one run to a's (2 events).
+    assert len(by_jump) == 10
+    jumped_summary, stepped_summary = summary(by_jump), summary(by_step)
+    for rid in ("a", "b"):
+        assert jumped_summary[rid] == pytest.approx(stepped_summary[rid], rel=1e-9)
+
+
+def test_a_jump_across_the_compute_memory_crossover_keeps_the_timings() -> None:
+    # 256 sequences decoding on an H100: compute-bound at first (256 x 2 x 8B FLOPs per
+    # step), memory-bound later as the KV read grows: the closed form must switch sides.
+    stepped, jumped = core(), core()
+    for engine in (stepped, jumped):
+        for i in range(256):
+            engine.add_request(EngineRequest(str(i), 10, 400), now=0.0)
+    series = [
+        PERF.step_cost(StepShape.from_batch(decode_context_lengths=[c] * 256)) for c in (20, 3000)
+    ]
+    assert series[0].bound == "compute" and series[1].bound == "memory"
+    by_step, by_jump = summary(drain(stepped)), summary(jumped.advance(float("inf")))
+    for rid in ("0", "255"):
+        assert by_jump[rid] == pytest.approx(by_step[rid], rel=1e-9)

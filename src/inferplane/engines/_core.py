@@ -14,8 +14,9 @@ cache runs out. A step's duration comes from the performance model.
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from inferplane.perf import PerfModel, StepShape
 
@@ -205,12 +206,103 @@ class EngineCore:
         while True:
             if self._step is None and not self._plan():
                 return
-            assert self._step is not None
-            if self._step.end > until:
+            step = self._step
+            assert step is not None
+            if step.end > until:
                 return
-            self._complete(self._step)
-            self._time = self._step.end
+            run = self._steady_run(step, until)
+            if run is None:
+                self._complete(step)
+                self._time = step.end
+            else:
+                self._jump(step, *run)
             self._step = None
+
+    # -- closed-form fast-forward -------------------------------------------
+    #
+    # Between state changes (an arrival, a finish, KV exhaustion) a decode-only batch
+    # repeats the same step, each reading one more token of KV per sequence. The step
+    # time is max(compute, memory) + fixed costs with compute and memory affine in the
+    # KV read (PerfModel guarantees it), so k steps are summed in closed form and
+    # applied at once: the twin crosses long decodes in one call per state change.
+
+    def _steady_run(self, step: _Step, until: float) -> tuple[int, float] | None:
+        """(k, end) when ``step`` and the next k - 1 steps form one unchanged decode
+        batch ending at or before ``until``, with k >= 2; None otherwise."""
+        chunks = step.chunks
+        if len(chunks) != len(self._running) or len(chunks) == 0:
+            return None
+        for seq, n in chunks:
+            if n != 1 or seq.num_output == 0:
+                return None
+        if self._admissible_head(len(chunks)):
+            return None
+        bound = min(seq.req.num_output_tokens - seq.num_output for seq, _ in chunks)
+        bound = min(bound, self._kv_steps(chunks, bound))
+        if bound < 2:
+            return None
+        cost = _StepSeries(self.perf, chunks)
+        lo, hi = 1, bound  # the most steps that end by ``until``: T is increasing in k
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if step.start + cost.total(mid) <= until:
+                lo = mid
+            else:
+                hi = mid - 1
+        return (lo, step.start + cost.total(lo)) if lo >= 2 else None
+
+    def _admissible_head(self, num_decodes: int) -> bool:
+        """Could the head of the waiting queue join a coming step of this decode batch?
+
+        If not now, then not before the batch changes: its free KV only shrinks."""
+        if not self._waiting or len(self._running) >= self.limits.max_num_seqs:
+            return False
+        budget = self.limits.max_num_batched_tokens - num_decodes
+        if budget <= 0:
+            return False
+        head = self._waiting[0]
+        remaining = head.num_tokens - head.num_computed
+        if not self.limits.enable_chunked_prefill and remaining > budget:
+            return False
+        n = min(remaining, budget) if self.limits.enable_chunked_prefill else remaining
+        needed = -(-(head.num_computed + n) // self.limits.block_size) - head.num_blocks
+        return needed <= self.num_free_blocks
+
+    def _kv_steps(self, chunks: list[tuple[_Seq, int]], most: int) -> int:
+        """The most steps (<= ``most``) whose KV blocks can all be allocated."""
+        bs = self.limits.block_size
+
+        def fits(k: int) -> bool:
+            # k steps leave sequence i with num_computed + k tokens of KV.
+            need = sum(max(0, -(-(s.num_computed + k) // bs) - s.num_blocks) for s, _ in chunks)
+            return need <= self.num_free_blocks
+
+        lo, hi = 1, most  # step 1 (the planned one) is allocated already
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _jump(self, step: _Step, k: int, end: float) -> None:
+        """Apply k steps of an unchanged decode batch at once, as ``_complete`` would k
+        times: each sequence gains k tokens, reported as one ``Produced`` at ``end``."""
+        for seq, _ in step.chunks:
+            seq.num_computed += k
+            seq.num_tokens += k
+            seq.num_output += k
+            allocated = self._allocate(seq, seq.num_computed)
+            assert allocated, "the run was sized to the free KV blocks"
+            rid = seq.req.request_id
+            self._outbox.append(Produced(rid, k, end))
+            if seq.num_output >= seq.req.num_output_tokens:
+                self._running.remove(seq)
+                del self._seqs[rid]
+                self._free(seq)
+                self._outbox.append(Finished(rid, end, seq.num_output))
+        self._time = end
 
     def _plan(self) -> bool:
         """Fix the batch of the next step, vLLM v1 style; False when there is nothing to run."""
@@ -297,6 +389,41 @@ class EngineCore:
         seq.num_computed = 0
         self._waiting.appendleft(seq)
         self._outbox.append(Preempted(seq.req.request_id, self._time))
+
+
+class _StepSeries:
+    """Durations of consecutive decode steps of one batch, summed in closed form."""
+
+    def __init__(self, perf: PerfModel, chunks: list[tuple[_Seq, int]]) -> None:
+        first = _shape(chunks)
+        second = replace(
+            first, num_decode_context_tokens=first.num_decode_context_tokens + len(chunks)
+        )
+        c0, c1 = perf.step_cost(first), perf.step_cost(second)
+        self.compute = (c0.compute_s, c1.compute_s - c0.compute_s)
+        self.memory = (c0.memory_s, c1.memory_s - c0.memory_s)
+        self.fixed = c0.comm_s + c0.overhead_s
+
+    def total(self, k: int) -> float:
+        """Seconds of the first k steps: sum over j < k of max(compute_j, memory_j) + fixed."""
+        (a1, b1), (a2, b2) = self.compute, self.memory
+        # compute_j - memory_j is linear in j: one bound holds up to a crossing, the
+        # other after it.
+        if b1 == b2:
+            split = 0 if a1 >= a2 else k
+        else:
+            split = min(k, max(0, math.ceil((a2 - a1) / (b1 - b2))))
+        first, second = (self.memory, self.compute) if b1 > b2 else (self.compute, self.memory)
+        if b1 == b2:
+            first = second = self.compute if a1 >= a2 else self.memory
+        return _line_sum(*first, 0, split) + _line_sum(*second, split, k) + k * self.fixed
+
+
+def _line_sum(a: float, b: float, lo: int, hi: int) -> float:
+    """Sum of a + b j for integer j in [lo, hi)."""
+    if hi <= lo:
+        return 0.0
+    return (hi - lo) * a + b * (hi * (hi - 1) - lo * (lo - 1)) / 2
 
 
 def _shape(chunks: list[tuple[_Seq, int]]) -> StepShape:
