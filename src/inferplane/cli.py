@@ -383,23 +383,32 @@ def usage_summary_cmd(
 @usage_app.command("export")
 def usage_export(
     config: ConfigOption = None,
-    format: Annotated[str, typer.Option(help="focus: FinOps FOCUS columns, CSV.")] = "focus",
-    out: Annotated[Path | None, typer.Option(help="File to write; stdout if omitted.")] = None,
+    format: Annotated[str, typer.Option(help="focus: FinOps FOCUS columns.")] = "focus",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="File to write (.parquet: Parquet, else CSV); stdout if omitted."),
+    ] = None,
 ) -> None:
     """Export cost rows (hourly, per tenant/key/workflow/run/model/backend)."""
     import csv
 
-    from inferplane.ledger import FOCUS_COLUMNS, focus_rows
+    from inferplane.ledger import FOCUS_COLUMNS, focus_rows, write_focus_parquet
 
     if format != "focus":
         fail(f"unknown format {format!r}; supported: focus")
     with contextlib.closing(_ledger_db(config)) as db:
         rows = focus_rows(db)
-    with contextlib.ExitStack() as stack:
-        handle = stack.enter_context(out.open("w", newline="")) if out else sys.stdout
-        writer = csv.DictWriter(handle, fieldnames=FOCUS_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    if out is not None and out.suffix == ".parquet":
+        try:
+            write_focus_parquet(rows, str(out))
+        except ModuleNotFoundError:
+            fail("Parquet needs pyarrow: pip install 'inferplane[parquet]'")
+    else:
+        with contextlib.ExitStack() as stack:
+            handle = stack.enter_context(out.open("w", newline="")) if out else sys.stdout
+            writer = csv.DictWriter(handle, fieldnames=FOCUS_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
     if out:
         console.print(f"{len(rows)} rows -> {out}")
 

@@ -10,6 +10,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from .conftest import ADMIN_KEY, KEY, KEY_B, MODEL, StartEmulator, StartGateway, client, ledger_rows
@@ -79,6 +81,29 @@ def test_usage_by_run_and_focus_export(
     assert sum(float(r["BilledCost"]) for r in rows) == pytest.approx(
         sum(e["cost_micros"] for e in events) / 10**6
     )
+    parquet = config.parent / "costs.parquet"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inferplane",
+            "usage",
+            "export",
+            "--config",
+            str(config),
+            "--out",
+            str(parquet),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    table = pq.read_table(parquet)
+    assert table.schema.field("BilledCost").type == pa.decimal128(20, 6)
+    assert str(table.schema.field("ChargePeriodStart").type) == "timestamp[ms, tz=UTC]"
+    assert sum(table.column("BilledCost").to_pylist()) == sum(
+        Decimal(r["BilledCost"]) for r in rows
+    )
+    assert table.num_rows == len(rows)
 
 
 def test_export_without_a_ledger_is_one_line(tmp_path: Path) -> None:

@@ -2,7 +2,13 @@
 
 from inferplane.ledger._base import Ledger
 from inferplane.ledger._events import UsageEvent
-from inferplane.ledger._query import FOCUS_COLUMNS, GROUPS, focus_rows, usage_summary
+from inferplane.ledger._query import (
+    FOCUS_COLUMNS,
+    GROUPS,
+    focus_rows,
+    usage_summary,
+    write_focus_parquet,
+)
 from inferplane.ledger._sqlite import LedgerInUse, NullLedger, SqliteLedger, migrate
 from inferplane.ledger._tenants import TenantStore
 
@@ -18,4 +24,5 @@ __all__ = [
     "focus_rows",
     "migrate",
     "usage_summary",
+    "write_focus_parquet",
 ]

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["FOCUS_COLUMNS", "GROUPS", "focus_rows", "usage_summary"]
+__all__ = ["FOCUS_COLUMNS", "GROUPS", "focus_rows", "usage_summary", "write_focus_parquet"]
 
 # Column or expression for each grouping users may ask for.
 GROUPS = {
@@ -170,3 +170,37 @@ def focus_rows(
             }
         )
     return rows
+
+
+_COSTS = ("BilledCost", "EffectiveCost", "ListCost")
+_PERIODS = ("ChargePeriodStart", "ChargePeriodEnd")
+_COUNTS = ("ConsumedQuantity", "x_Requests", "x_InputTokens", "x_OutputTokens", "x_Errors")
+
+
+def write_focus_parquet(rows: list[dict[str, Any]], path: str) -> None:
+    """FOCUS rows as Parquet with typed columns: costs decimal(20, 6) USD, periods UTC
+    timestamps, quantities int64, the rest strings. Needs pyarrow (extra ``parquet``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fields = []
+    for name in FOCUS_COLUMNS:
+        if name in _COSTS:
+            kind = pa.decimal128(20, 6)
+        elif name in _PERIODS:
+            kind = pa.timestamp("ms", tz="UTC")  # Parquet has no second unit
+        elif name in _COUNTS:
+            kind = pa.int64()
+        else:
+            kind = pa.string()
+        fields.append(pa.field(name, kind))
+    columns: dict[str, list[Any]] = {name: [] for name in FOCUS_COLUMNS}
+    for row in rows:
+        for name in FOCUS_COLUMNS:
+            value = row[name]
+            if name in _COSTS:
+                value = Decimal(value)
+            elif name in _PERIODS:
+                value = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            columns[name].append(value)
+    pq.write_table(pa.table(columns, schema=pa.schema(fields)), path)
