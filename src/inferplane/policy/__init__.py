@@ -10,6 +10,7 @@ from inferplane.policy._budgets import (
     Scope,
     Window,
 )
+from inferplane.policy._queueing import DispatchQueue, QueueItem, SloClass
 from inferplane.policy._routing import RoundRobin
 
 __all__ = [
@@ -17,9 +18,12 @@ __all__ = [
     "Amount",
     "Book",
     "BudgetLimits",
+    "DispatchQueue",
     "Granted",
+    "QueueItem",
     "Refused",
     "RoundRobin",
     "Scope",
+    "SloClass",
     "Window",
 ]

@@ -1,0 +1,107 @@
+"""DispatchQueue: priority with aging between classes, token fairness between tenants."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inferplane.policy import DispatchQueue, QueueItem, SloClass
+
+CLASSES = {
+    "realtime": SloClass("realtime", 0),
+    "interactive": SloClass("interactive", 1),
+    "batch": SloClass("batch", 2),
+}
+
+
+def item(
+    rid: str, tenant: str = "t", cls: str = "interactive", tokens: int = 100, at: float = 0.0
+) -> QueueItem:
+    return QueueItem(rid, tenant, cls, tokens, at)
+
+
+def test_strict_priority_between_fresh_requests() -> None:
+    q = DispatchQueue(CLASSES, aging_s=10)
+    for rid, cls in (("b", "batch"), ("i", "interactive"), ("r", "realtime")):
+        q.push(item(rid, cls=cls))
+    assert [q.pop(0.0).request_id for _ in range(3)] == ["r", "i", "b"]  # type: ignore[union-attr]
+    assert q.pop(0.0) is None
+
+
+def test_aging_lets_a_batch_request_pass_after_its_bound() -> None:
+    # Batch is two levels below realtime: after 2 x aging_s it outranks new realtime work.
+    q = DispatchQueue(CLASSES, aging_s=10)
+    q.push(item("old-batch", cls="batch", at=0.0))
+    q.push(item("rt-1", cls="realtime", at=19.9))
+    assert q.pop(19.9).request_id == "rt-1"  # type: ignore[union-attr]
+    q.push(item("rt-2", cls="realtime", at=20.1))
+    assert q.pop(20.1).request_id == "old-batch"  # type: ignore[union-attr]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(1, 100), st.integers(1, 40))
+def test_no_batch_request_waits_longer_than_the_aging_bound(aging: float, n: int) -> None:
+    # A steady stream of fresh realtime work, one dispatch per second.
+    q = DispatchQueue(CLASSES, aging_s=aging)
+    for i in range(n):
+        q.push(item(f"b{i}", cls="batch", at=float(i)))
+    waited = {}
+    t = 0.0
+    while q.depth("batch"):
+        q.push(item(f"r{t}", cls="realtime", at=t))
+        popped = q.pop(t)
+        assert popped is not None
+        if popped.slo_class == "batch":
+            waited[popped.request_id] = t - popped.enqueued_at
+        t += 1.0
+        assert t < 10_000, "starved"
+    # Each batch request waits at most its aging bound plus the batch ahead of it.
+    assert max(waited.values()) <= 2 * aging + n + 1
+
+
+def test_a_heavy_tenant_cannot_take_a_light_tenants_share() -> None:
+    q = DispatchQueue(CLASSES, aging_s=60)
+    for i in range(100):
+        q.push(item(f"heavy-{i}", tenant="heavy"))
+    for i in range(10):
+        q.push(item(f"light-{i}", tenant="light"))
+    first_20 = Counter(q.pop(0.0).tenant for _ in range(20))  # type: ignore[union-attr]
+    assert first_20 == {"heavy": 10, "light": 10}
+
+
+def test_weights_set_the_shares_of_tokens() -> None:
+    q = DispatchQueue(CLASSES, aging_s=60, tenant_weights={"gold": 2.0, "bronze": 1.0})
+    for i in range(60):
+        q.push(item(f"g{i}", tenant="gold"))
+        q.push(item(f"b{i}", tenant="bronze"))
+    first_30 = Counter(q.pop(0.0).tenant for _ in range(30))  # type: ignore[union-attr]
+    assert first_30 == {"gold": 20, "bronze": 10}
+
+
+def test_idle_time_is_not_banked_as_credit() -> None:
+    q = DispatchQueue(CLASSES, aging_s=60)
+    for i in range(50):
+        q.push(item(f"a{i}", tenant="a"))
+    for _ in range(40):
+        q.pop(0.0)  # a alone is served 40 requests
+    for i in range(20):
+        q.push(item(f"late{i}", tenant="late"))
+    next_10 = Counter(q.pop(0.0).tenant for _ in range(10))  # type: ignore[union-attr]
+    assert next_10 == {"a": 5, "late": 5}  # alternating, not "late" ten times
+
+
+def test_corrections_and_removals() -> None:
+    q = DispatchQueue(CLASSES, aging_s=60)
+    q.push(item("x", tenant="a"))
+    q.push(item("y", tenant="b"))
+    assert q.remove("y") is not None and q.remove("y") is None
+    assert len(q) == 1 and q.depth("interactive") == 1
+    with pytest.raises(ValueError, match="queued already"):
+        q.push(item("x", tenant="a"))
+    with pytest.raises(KeyError):
+        q.push(item("z", cls="gold"))
+    q.correct("a", "interactive", -10_000)  # never below zero
+    assert q._classes["interactive"].counters["a"] == 0.0
