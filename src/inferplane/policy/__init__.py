@@ -1,5 +1,11 @@
 """Pure decisions shared by the gateway and the twin: no I/O, no clock, time passed in."""
 
+from inferplane.policy._balance import (
+    BoundedLoadRing,
+    ReplicaLoad,
+    least_loaded_of_two,
+    stable_hash,
+)
 from inferplane.policy._budgets import (
     Account,
     Amount,
@@ -17,13 +23,17 @@ __all__ = [
     "Account",
     "Amount",
     "Book",
+    "BoundedLoadRing",
     "BudgetLimits",
     "DispatchQueue",
     "Granted",
     "QueueItem",
     "Refused",
+    "ReplicaLoad",
     "RoundRobin",
     "Scope",
     "SloClass",
     "Window",
+    "least_loaded_of_two",
+    "stable_hash",
 ]
