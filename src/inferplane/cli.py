@@ -135,10 +135,7 @@ def up(
 
 
 def _print_fleet(cfg: Config, children: Sequence[Child], log_dir: Path) -> None:
-    table = Table(title="inferplane up", title_justify="left")
-    table.add_column("process")
-    table.add_column("url")
-    table.add_column("pid", justify="right")
+    table = _table("inferplane up", "process", "url", "pid", text_columns=2)
     for child in children:
         table.add_row(child.name, child.url, str(child.process.pid))
     base = f"http://{cfg.gateway.host}:{cfg.gateway.port}"
@@ -213,26 +210,32 @@ def engine_emulate(
     run(emulator, host, port, log_level=log_level)  # type: ignore[arg-type]
 
 
+def _table(title: str, *columns: str, text_columns: int = 1) -> Table:
+    """A table whose first ``text_columns`` columns are text, the rest right-aligned figures."""
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < text_columns else "right")
+    return table
+
+
 @app.command()
 def catalogue() -> None:
     """List the GPUs and models the performance model knows."""
     from inferplane.perf import GPUS, MODELS
 
-    gpus = Table(title="GPUs", title_justify="left")
-    for col in ("name", "BF16 TFLOP/s", "HBM TB/s", "memory GB", "link GB/s", "$/GPU-h"):
-        gpus.add_column(col, justify="left" if col == "name" else "right")
+    gpus = _table("GPUs", "name", "BF16 TFLOP/s", "HBM TB/s", "memory GiB", "link GB/s", "$/GPU-h")
     for g in GPUS.values():
         gpus.add_row(
             g.name,
             f"{g.bf16_flops / 1e12:.0f}",
             f"{g.hbm_bandwidth / 1e12:.2f}",
-            f"{g.memory_bytes / 1e9:.0f}",
+            f"{g.memory_bytes / 2**30:.0f}",
             f"{g.interconnect_bandwidth / 1e9:.0f}",
             f"{g.price_per_hour:.2f}",
         )
-    models = Table(title="Models", title_justify="left")
-    for col in ("name", "params B", "active B", "layers", "kv heads", "KV KiB/token", "context"):
-        models.add_column(col, justify="left" if col == "name" else "right")
+    models = _table(
+        "Models", "name", "params B", "active B", "layers", "kv heads", "KV KiB/token", "context"
+    )
     for m in MODELS.values():
         models.add_row(
             m.name,
@@ -353,8 +356,8 @@ def usage_summary_cmd(
     groups = [g for g in group_by.split(",") if g]
     with contextlib.closing(_ledger_db(config)) as db:
         rows = _guard(lambda: usage_summary(db, groups))
-    table = Table(title="usage", title_justify="left")
-    for col in [
+    table = _table(
+        "usage",
         *groups,
         "requests",
         "errors",
@@ -363,8 +366,8 @@ def usage_summary_cmd(
         "cost $",
         "p50 $/req",
         "p99 $/req",
-    ]:
-        table.add_column(col, justify="left" if col in groups else "right")
+        text_columns=len(groups),
+    )
     for r in rows:
         pct = r["cost_per_request_usd"]
         table.add_row(
@@ -507,9 +510,7 @@ def admin_tenants(
 ) -> None:
     """List tenants, where each is defined, and their keys."""
     rows = _admin_call(url, admin_key, "/v1/admin/tenants")["data"]
-    table = Table(title="tenants", title_justify="left")
-    for col in ("tenant", "source", "disabled", "budgets", "keys"):
-        table.add_column(col)
+    table = _table("tenants", "tenant", "source", "disabled", "budgets", "keys", text_columns=5)
     for t in rows:
         budgets = ", ".join(
             f"{k}={t[k]}" for k in ("budget", "workflow_budget", "run_budget") if t[k]
