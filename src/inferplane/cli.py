@@ -113,6 +113,7 @@ def up(
     from inferplane.server import serve as run
 
     cfg = _guard(lambda: load_config(config))
+    _guard(lambda: launcher.ensure_ports_free(cfg))
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     log_dir = cfg.data_dir / "logs"
     children = []

@@ -28,6 +28,7 @@ __all__ = [
     "LaunchError",
     "emulated_backends",
     "emulator_command",
+    "ensure_ports_free",
     "free_port",
     "start",
     "stop_all",
@@ -58,6 +59,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def ensure_ports_free(config: Config) -> None:
+    """Before ``up`` starts anything: the gateway's and every emulated replica's port must be
+    free, or LaunchError says which one is taken."""
+    wanted = [(config.gateway.host, config.gateway.port, "gateway")]
+    for backend, _ in emulated_backends(config):
+        parts = urlsplit(backend.url)
+        wanted.append(
+            (parts.hostname or "127.0.0.1", parts.port or 80, f"emulated replica {backend.label}")
+        )
+    for host, port, what in wanted:
+        with socket.socket() as s:
+            # As the servers do: a port left in TIME_WAIT by a past run is free to them.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                raise LaunchError(f"{host}:{port} ({what}) is not free: {exc.strerror}") from None
 
 
 def _die_with_parent() -> None:

@@ -95,3 +95,22 @@ def test_config_check_reports_the_line(tmp_path: Path) -> None:
     result = subprocess.run([*CLI, "config", "check", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2
     assert f"{bad}:5: models.m.backends.0.weight: unknown key" in result.stderr
+
+
+def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "fleet.yaml"
+        config.write_text(
+            f"gateway: {{port: {launcher.free_port()}}}\ndata_dir: {tmp_path / 'data'}\n"
+            f"models:\n  {MODEL}:\n    backends:\n"
+            f"      - {{url: 'http://127.0.0.1:{port}', engine: emulated, gpu: H100}}\n"
+        )
+        result = subprocess.run(
+            [*CLI, "up", "--config", str(config)], capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 2
+    assert f"127.0.0.1:{port} (emulated replica" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()
