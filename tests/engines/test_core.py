@@ -256,3 +256,29 @@ def test_a_jump_across_the_compute_memory_crossover_keeps_the_timings() -> None:
     by_step, by_jump = summary(drain(stepped)), summary(jumped.advance(float("inf")))
     for rid in ("0", "255"):
         assert by_jump[rid] == pytest.approx(by_step[rid], rel=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(requests)
+def test_quiet_mode_keeps_first_tokens_and_finishes(reqs: list[tuple[float, int, int]]) -> None:
+    every = [e for e in _run(reqs, live=False) if not isinstance(e, Admitted)]
+    quiet_engine = EngineCore(
+        PERF, EngineLimits(kv_capacity_tokens=4096, max_num_batched_tokens=1024), every_token=False
+    )
+    quiet: list[object] = []
+    for i, (arrival, prompt, output) in enumerate(sorted(reqs)):
+        quiet += quiet_engine.advance(arrival)
+        quiet_engine.add_request(EngineRequest(str(i), prompt, output), now=arrival)
+    quiet += quiet_engine.advance(float("inf"))
+    firsts = {}
+    for e in every:
+        if isinstance(e, Produced):
+            firsts.setdefault(e.request_id, e.time)
+    quiet_firsts = {e.request_id: e.time for e in quiet if isinstance(e, Produced)}
+    assert quiet_firsts == firsts
+    finished = {
+        e.request_id: (e.time, e.num_output_tokens) for e in every if isinstance(e, Finished)
+    }
+    assert {
+        e.request_id: (e.time, e.num_output_tokens) for e in quiet if isinstance(e, Finished)
+    } == finished

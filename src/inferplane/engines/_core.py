@@ -120,9 +120,15 @@ class EngineCore:
     finished, aborted or still held.
     """
 
-    def __init__(self, perf: PerfModel, limits: EngineLimits | None = None) -> None:
+    def __init__(
+        self, perf: PerfModel, limits: EngineLimits | None = None, *, every_token: bool = True
+    ) -> None:
+        """``every_token=False`` reports only each request's first token (``Produced``
+        with 1 token) and its ``Finished`` (with the total): what a simulation needs for
+        TTFT, TPOT and e2e, without an event per generated token."""
         self.perf = perf
         self.limits = limits or EngineLimits()
+        self.every_token = every_token
         capacity = self.limits.kv_capacity_tokens
         if capacity is None:
             capacity = perf.kv_capacity_tokens
@@ -296,7 +302,8 @@ class EngineCore:
             allocated = self._allocate(seq, seq.num_computed)
             assert allocated, "the run was sized to the free KV blocks"
             rid = seq.req.request_id
-            self._outbox.append(Produced(rid, k, end))
+            if self.every_token:
+                self._outbox.append(Produced(rid, k, end))
             if seq.num_output >= seq.req.num_output_tokens:
                 self._running.remove(seq)
                 del self._seqs[rid]
@@ -362,7 +369,8 @@ class EngineCore:
             seq.num_tokens += 1
             seq.num_output += 1
             rid = seq.req.request_id
-            self._outbox.append(Produced(rid, 1, t))
+            if self.every_token or seq.num_output == 1:
+                self._outbox.append(Produced(rid, 1, t))
             if seq.num_output >= seq.req.num_output_tokens:
                 self._running.remove(seq)
                 del self._seqs[rid]
