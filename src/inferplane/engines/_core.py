@@ -95,7 +95,7 @@ class Preempted:
 Event = Admitted | Produced | Finished | Preempted
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: removing one from a list must not compare fields
 class _Seq:
     req: EngineRequest
     num_tokens: int  # prompt + output tokens known so far
