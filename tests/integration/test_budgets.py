@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 from typing import Any
 
 import httpx
@@ -211,3 +212,19 @@ def test_a_second_gateway_on_the_same_data_dir_is_refused(
     logs = [p.read_text() for p in first.data_dir.parent.glob("gateway-*.log")]
     assert any("is in use by another gateway" in text for text in logs)
     assert httpx.get(first.url + "/health").status_code == 200  # the first one carries on
+
+
+def test_an_unwritable_ledger_withholds_answers_with_503(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway([replica.url])
+    ask(gateway)
+    with sqlite3.connect(gateway.data_dir / "ledger.sqlite3") as db:
+        db.execute("DROP TABLE usage_events")
+    with pytest.raises(openai.APIStatusError) as withheld:
+        ask(gateway)
+    assert (withheld.value.status_code, withheld.value.code) == (503, "ledger_unavailable")
+    with pytest.raises(openai.APIError) as cut:
+        list(ask(gateway, stream=True))
+    assert cut.value.code == "ledger_unavailable"
+    assert httpx.get(gateway.url + "/health").status_code == 200

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
-from inferplane.ledger import SqliteLedger, UsageEvent, migrate
+import pytest
+
+from inferplane.ledger import LedgerWriteError, SqliteLedger, UsageEvent, migrate
 
 
 def event(i: int, **changes: object) -> UsageEvent:
@@ -128,3 +131,14 @@ async def test_opening_a_version_1_ledger_migrates_it(tmp_path: Path) -> None:
         assert db.execute(
             "SELECT request_id, run, calls FROM usage_events ORDER BY time"
         ).fetchall() == [("old", None, 1), ("r1", "run-1", 1)]
+
+
+async def test_a_failed_write_fails_the_waiters_instead_of_hanging_them(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = SqliteLedger(path)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE usage_events")  # the disk is gone, as far as inserts can tell
+    for i in range(2):  # and the writer carries on failing cleanly, batch after batch
+        with pytest.raises(LedgerWriteError, match="could not be written"):
+            await asyncio.wait_for(ledger.append(event(i)), timeout=5)
+    ledger.close()

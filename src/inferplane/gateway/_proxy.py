@@ -34,7 +34,7 @@ from inferplane.gateway._upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from inferplane.ledger import Ledger, UsageEvent
+from inferplane.ledger import Ledger, LedgerWriteError, UsageEvent
 from inferplane.policy import Amount, RoundRobin
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import (
@@ -187,7 +187,10 @@ class Proxy:
                 self._settle(ex)
         # The answer goes out once its usage record is committed: what a client was
         # told happened is in the ledger, even if the gateway is killed right after.
-        await self._settle(ex)
+        try:
+            await self._settle(ex)
+        except LedgerWriteError as exc:
+            raise OpenAIError(503, f"{exc}; the answer is withheld.", "ledger_unavailable") from exc
         headers = {} if ex.output_cap is None else {CAP_HEADER: str(ex.output_cap)}
         return Response(
             payload, media_type=resp.content_type or "application/json", headers=headers
@@ -256,7 +259,11 @@ class Proxy:
                     yield b"".join(out)
                 if done:
                     watch.finish()
-                    await self._settle(ex)  # committed before the client sees the end
+                    try:
+                        await self._settle(ex)  # committed before the client sees the end
+                    except LedgerWriteError as exc:
+                        yield error_event(str(exc), "ledger_unavailable")
+                        return
                     if ex.output_cap is not None and (ex.output_tokens or 0) >= ex.output_cap:
                         yield _budget_stop_event(ex)
                     yield DONE

@@ -9,7 +9,13 @@ from inferplane.ledger._query import (
     usage_summary,
     write_focus_parquet,
 )
-from inferplane.ledger._sqlite import LedgerInUse, NullLedger, SqliteLedger, migrate
+from inferplane.ledger._sqlite import (
+    LedgerInUse,
+    LedgerWriteError,
+    NullLedger,
+    SqliteLedger,
+    migrate,
+)
 from inferplane.ledger._tenants import TenantStore
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "GROUPS",
     "Ledger",
     "LedgerInUse",
+    "LedgerWriteError",
     "NullLedger",
     "SqliteLedger",
     "TenantStore",

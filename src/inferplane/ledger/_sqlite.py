@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import operator
 import os
 import queue
@@ -26,7 +27,11 @@ from typing import IO
 
 from inferplane.ledger._events import UsageEvent
 
-__all__ = ["LedgerInUse", "NullLedger", "SqliteLedger"]
+__all__ = ["LedgerInUse", "LedgerWriteError", "NullLedger", "SqliteLedger"]
+
+
+class LedgerWriteError(RuntimeError):
+    """The ledger could not commit: the requests waiting on it must not be answered."""
 
 
 class LedgerInUse(RuntimeError):
@@ -75,6 +80,7 @@ _INSERT = (
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
 _STOP = object()
+log = logging.getLogger("inferplane.ledger")
 _row = operator.attrgetter(*_COLUMNS)  # an event as a row, without astuple's deep copy
 
 
@@ -152,15 +158,23 @@ class SqliteLedger:
             stopping = len(pending) < len(batch)
             if not pending:
                 continue
-            self._db.execute("BEGIN")
-            self._db.executemany(_INSERT, [_row(p.event) for p in pending])
-            self._db.execute("COMMIT")
+            error: LedgerWriteError | None = None
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany(_INSERT, [_row(p.event) for p in pending])
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # Disk full, file gone...: the waiting requests must fail, not hang.
+                log.error("usage ledger write failed: %s", exc)
+                error = LedgerWriteError(f"the usage ledger could not be written: {exc}")
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for p in pending:
                 loops.setdefault(p.future.get_loop(), []).append(p.future)
             for loop, futures in loops.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_complete, futures)
+                    loop.call_soon_threadsafe(_complete, futures, error)
 
 
 def _lock_exclusively(path: Path) -> IO[str]:
@@ -188,10 +202,15 @@ class _Pending:
     future: asyncio.Future[None]
 
 
-def _complete(futures: list[asyncio.Future[None]]) -> None:
+def _complete(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
     for future in futures:
-        if not future.done():
+        if future.done():
+            continue
+        if error is None:
             future.set_result(None)
+        else:
+            future.set_exception(error)
+            future.exception()  # retrieved: nobody awaiting it is not a bug
 
 
 class NullLedger:
