@@ -151,6 +151,10 @@ class _Connection(asyncio.Protocol):
             self._timeout_hit = True
             waiter.set_result(None)
 
+    @property
+    def has_chunks(self) -> bool:
+        return bool(self._chunks)
+
     def take_chunks(self) -> list[bytes]:
         chunks = list(self._chunks)
         self._chunks.clear()
@@ -199,6 +203,10 @@ class _Response:
             while True:
                 for chunk in conn.take_chunks():
                     yield chunk
+                # More may have arrived while the consumer held the last piece, the end of
+                # the message included: deliver it before deciding to stop or to wait.
+                if conn.has_chunks:
+                    continue
                 if conn.message_done:
                     break
                 await conn.wait("in the middle of a stream")
