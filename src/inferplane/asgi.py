@@ -52,9 +52,10 @@ def error_response(exc: OpenAIError) -> Response:
 class EventStreamResponse(Response):
     """``text/event-stream`` from an async iterator of byte chunks, each sent as it comes.
 
-    The status line goes out with the first chunk. When the client hangs up,
-    the iterator is closed at once (its ``finally`` runs), so an upstream
-    generation can be stopped. Starlette's
+    The status line goes out at once, as model servers do. When the client hangs
+    up, the iterator is closed at once (its ``finally`` runs), so an upstream
+    generation can be stopped; if it never started, ``on_abandon`` stands in for
+    its cleanup. Starlette's
     StreamingResponse does the same with an anyio task group per response; a
     py-spy profile put that at a fifth of the gateway's CPU on short streams,
     so this watches for the disconnect with one plain task instead.
@@ -62,8 +63,14 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        headers: Mapping[str, str],
+        on_abandon: Callable[[], object] | None = None,
+    ) -> None:
         self.body_iterator = content
+        self.on_abandon = on_abandon
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
@@ -83,10 +90,8 @@ class EventStreamResponse(Response):
 
         watcher = asyncio.create_task(watch_disconnect())
         chunks = self.body_iterator
+        started = False
         try:
-            # The status line waits for the first chunk: the iterator has then started,
-            # so its own cleanup runs whatever happens next, even if the client is gone.
-            first = await anext(chunks, b"")
             await send(
                 {
                     "type": "http.response.start",
@@ -94,7 +99,7 @@ class EventStreamResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+            started = True  # no await until the loop below starts the iterator
             async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             state["finished"] = True
@@ -106,8 +111,10 @@ class EventStreamResponse(Response):
         finally:
             watcher.cancel()
             aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
+            if started and aclose is not None:
                 await aclose()
+            elif not started and self.on_abandon is not None:
+                self.on_abandon()
 
 
 class JsonApp:

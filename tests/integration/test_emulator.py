@@ -22,8 +22,9 @@ def metric(url: str, name: str) -> float:
 
 
 def test_kv_pressure_preempts_yet_every_request_finishes(start_emulator: StartEmulator) -> None:
-    # 320 tokens of KV cache: three requests growing to 16 + 150 tokens cannot all fit.
-    replica = start_emulator("--kv-capacity-tokens", "320", time_scale=100.0)
+    # 320 tokens of KV cache (20 blocks): each request grows to about 165 tokens (11 blocks),
+    # so any two running together run out. Slow enough (about 0.5 s each) that they overlap.
+    replica = start_emulator("--kv-capacity-tokens", "320", time_scale=2.0)
     api = openai.OpenAI(base_url=replica.url + "/v1", api_key="none", max_retries=0)
 
     def ask(i: int) -> int:

@@ -196,7 +196,9 @@ class _Emulator:
             options = body.get("stream_options") or {}
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return EventStreamResponse(
-                self._stream(stream, reply, finish, include_usage), headers=SSE_HEADERS
+                self._stream(stream, reply, finish, include_usage),
+                headers=SSE_HEADERS,
+                on_abandon=lambda: self._cancel_unfinished(stream),
             )
         try:
             while (n := await stream.queue.get()) is not None:

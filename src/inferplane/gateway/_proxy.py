@@ -166,7 +166,11 @@ class Proxy:
                 raise await _upstream_refusal(resp, backend)
             if stream and resp.content_type == "text/event-stream":
                 streamed = True
-                return EventStreamResponse(self._relay(resp, ex, hide_usage), headers=SSE_HEADERS)
+                return EventStreamResponse(
+                    self._relay(resp, ex, hide_usage),
+                    headers=SSE_HEADERS,
+                    on_abandon=lambda: self._abandon(resp, ex),
+                )
             payload = await resp.read()
             _read_usage(payload, ex)
         except OpenAIError as exc:
@@ -195,6 +199,13 @@ class Proxy:
         return Response(
             payload, media_type=resp.content_type or "application/json", headers=headers
         )
+
+    def _abandon(self, resp: UpstreamResponse, ex: Exchange) -> None:
+        """The client left before its stream began: stop the backend, settle what is known."""
+        resp.close()
+        if not ex.settled:
+            ex.error_type = "client_disconnected"
+            self._settle(ex)
 
     async def _send(
         self, route: ModelRoute, path: str, body: dict[str, Any], raw: bytes, *, rewrite: bool
