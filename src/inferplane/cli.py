@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from inferplane import __version__
 if TYPE_CHECKING:  # the CLI imports heavy modules lazily, per verb, to start fast
     from inferplane.config import Config
     from inferplane.launcher import Child
+    from inferplane.ledger import Connection, Database
 
 app = typer.Typer(
     name="inferplane",
@@ -56,10 +56,11 @@ def _guard(fn: Callable[[], T]) -> T:
     """Turn the errors users cause (bad config, unknown GPU...) into one line each."""
     from inferplane.config import ConfigError
     from inferplane.launcher import LaunchError
+    from inferplane.ledger import DatabaseError
 
     try:
         return fn()
-    except (ConfigError, LaunchError, ValueError, OSError) as exc:
+    except (ConfigError, LaunchError, DatabaseError, ValueError, OSError) as exc:
         fail(str(exc))
 
 
@@ -333,15 +334,17 @@ usage_app = typer.Typer(help="Usage and cost from the ledger.", no_args_is_help=
 app.add_typer(usage_app, name="usage")
 
 
-def _ledger_db(config: Path | None) -> sqlite3.Connection:
+def _ledger_db(config: Path | None) -> tuple[Connection, Database]:
     from inferplane.config import load_config
-    from inferplane.gateway import LEDGER_FILE
+    from inferplane.gateway import ledger_database
 
     cfg = _guard(lambda: load_config(config))
-    path = cfg.data_dir / LEDGER_FILE
-    if not path.exists():
-        fail(f"no ledger at {path}: the gateway of this config has not recorded anything yet")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    database = ledger_database(cfg)
+    if not database.is_postgres and not Path(database.url).exists():
+        fail(
+            f"no ledger at {database.url}: the gateway of this config has not recorded anything yet"
+        )
+    return _guard(lambda: database.connect(read_only=True)), database
 
 
 @usage_app.command("summary")
@@ -355,8 +358,9 @@ def usage_summary_cmd(
     from inferplane.ledger import usage_summary
 
     groups = [g for g in group_by.split(",") if g]
-    with contextlib.closing(_ledger_db(config)) as db:
-        rows = _guard(lambda: usage_summary(db, groups))
+    db, database = _ledger_db(config)
+    with contextlib.closing(db):
+        rows = _guard(lambda: usage_summary(db, database, groups))
     table = _table(
         "usage",
         *groups,
@@ -400,8 +404,9 @@ def usage_export(
 
     if format != "focus":
         fail(f"unknown format {format!r}; supported: focus")
-    with contextlib.closing(_ledger_db(config)) as db:
-        rows = focus_rows(db)
+    db, database = _ledger_db(config)
+    with contextlib.closing(db):
+        rows = focus_rows(db, database)
     if out is not None and out.suffix == ".parquet":
         try:
             write_focus_parquet(rows, str(out))

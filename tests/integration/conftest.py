@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +13,9 @@ import openai
 import pytest
 
 from inferplane import launcher
-from inferplane.gateway import hash_key
+from inferplane.gateway import LEDGER_FILE, hash_key
+from inferplane.ledger import Database
+from tests.postgres import PostgresServer
 
 KEY = "sk-test-tenant-a"
 KEY_B = "sk-test-tenant-b"
@@ -24,10 +25,11 @@ MODEL = "llama-3.1-8b"
 
 @dataclass(frozen=True)
 class Gateway:
-    """A gateway process and the data dir its usage ledger lives in."""
+    """A gateway process, its data dir, and the database of its ledger."""
 
     child: launcher.Child
     data_dir: Path
+    database: Database
 
     @property
     def url(self) -> str:
@@ -36,6 +38,15 @@ class Gateway:
 
 StartEmulator = Callable[..., launcher.Child]
 StartGateway = Callable[..., Gateway]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Each ledger store: SQLite under the data dir (None), or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +93,8 @@ def start_gateway(
 
     ``tenant_a`` adds YAML lines to tenant-a (budgets); ``model`` to the model (price);
     ``top`` to the top level;
-    ``data_dir`` reuses a ledger, to restart a gateway on the same state.
+    ``data_dir`` reuses a ledger, to restart a gateway on the same state;
+    ``database_url`` puts the ledger in PostgreSQL; ``port`` picks the port.
     """
     workdir = tmp_path_factory.mktemp("gateway")
 
@@ -93,9 +105,15 @@ def start_gateway(
         model: str = "",
         top: str = "",
         data_dir: Path | None = None,
+        database_url: str | None = None,
+        port: int | None = None,
+        lease_ttl_s: float = 30.0,
     ) -> Gateway:
-        port = launcher.free_port()
+        port = port or launcher.free_port()
         data_dir = data_dir or workdir / f"data-{port}"
+        if database_url is not None:
+            top += f"\ndatabase_url: {database_url}"
+        database = Database(database_url or str(data_dir / LEDGER_FILE))
         backends = "\n".join(f"      - url: {url}\n        engine: vllm" for url in backend_urls)
         config = workdir / f"gateway-{port}.yaml"
         config.write_text(
@@ -107,6 +125,7 @@ gateway:
   read_timeout_s: 3
   max_body_bytes: 65536
   backend_cooldown_s: 30
+  lease_ttl_s: {lease_ttl_s}
 admin_key_sha256: {hash_key(ADMIN_KEY)}
 models:
   {MODEL}:
@@ -126,7 +145,7 @@ tenants:
         child = launcher.start(f"gateway-{port}", f"http://127.0.0.1:{port}", argv, log_dir=workdir)
         processes.append(child)
         launcher.wait_healthy([child])
-        return Gateway(child, data_dir)
+        return Gateway(child, data_dir, database)
 
     return start
 
@@ -155,12 +174,12 @@ def log_text(child: launcher.Child) -> str:
 
 def ledger_rows(gateway: Gateway, expected: int, timeout_s: float = 5.0) -> list[dict[str, object]]:
     """The gateway's usage records, once at least ``expected`` are on disk."""
-    path = gateway.data_dir / "ledger.sqlite3"
     deadline = time.monotonic() + timeout_s
     while True:
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            db.row_factory = sqlite3.Row
-            rows = [dict(r) for r in db.execute("SELECT * FROM usage_events ORDER BY time")]
+        with contextlib.closing(gateway.database.connect(read_only=True)) as db:
+            cursor = db.execute("SELECT * FROM usage_events ORDER BY time")
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
         if len(rows) >= expected or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)

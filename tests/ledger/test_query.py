@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from inferplane.ledger import FOCUS_COLUMNS, SqliteLedger, focus_rows, usage_summary
+from inferplane.ledger import (
+    FOCUS_COLUMNS,
+    Connection,
+    Database,
+    SqlLedger,
+    focus_rows,
+    usage_summary,
+)
 
-from .test_sqlite import event
+from .test_ledger import append, event
 
 HOUR = 1_800_000_000.0 - 1_800_000_000.0 % 3600  # an exact hour boundary
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> sqlite3.Connection:
-    ledger = SqliteLedger(tmp_path / "l.sqlite3")
+async def db(database: Database) -> Iterator[tuple[Connection, Database]]:
+    ledger = SqlLedger(database)
     # acme: costs 100..109 micro-dollars in one hour; globex: one failed request later.
     for i in range(10):
-        ledger.append(event(i, time=HOUR + i, cost_micros=100 + i))
-    ledger.append(
+        append(ledger, event(i, time=HOUR + i, cost_micros=100 + i))
+    append(
+        ledger,
         event(
             10,
             time=HOUR + 3600,
@@ -33,14 +40,16 @@ async def db(tmp_path: Path) -> sqlite3.Connection:
             input_tokens=None,
             output_tokens=None,
             backend=None,
-        )
+        ),
     )
     ledger.close()
-    return sqlite3.connect(tmp_path / "l.sqlite3")
+    connection = database.connect(read_only=True)
+    yield connection, database
+    connection.close()
 
 
-def test_summary_groups_and_percentiles(db: sqlite3.Connection) -> None:
-    rows = usage_summary(db, ["tenant"])
+def test_summary_groups_and_percentiles(db: tuple[Connection, Database]) -> None:
+    rows = usage_summary(*db, ["tenant"])
     acme, globex = rows
     assert acme["tenant"] == "acme" and acme["requests"] == 10 and acme["errors"] == 0
     assert acme["input_tokens"] == sum(10 + i for i in range(10))
@@ -49,15 +58,15 @@ def test_summary_groups_and_percentiles(db: sqlite3.Connection) -> None:
     assert (globex["requests"], globex["errors"], globex["cost_usd"]) == (1, 1, "0")
 
 
-def test_summary_filters_by_tenant_and_time(db: sqlite3.Connection) -> None:
-    assert [r["tenant"] for r in usage_summary(db, ["tenant"], tenant="globex")] == ["globex"]
-    assert usage_summary(db, [], start=HOUR + 5, end=HOUR + 7)[0]["requests"] == 2
+def test_summary_filters_by_tenant_and_time(db: tuple[Connection, Database]) -> None:
+    assert [r["tenant"] for r in usage_summary(*db, ["tenant"], tenant="globex")] == ["globex"]
+    assert usage_summary(*db, [], start=HOUR + 5, end=HOUR + 7)[0]["requests"] == 2
     with pytest.raises(ValueError, match="cannot group by colour"):
-        usage_summary(db, ["colour"])
+        usage_summary(*db, ["colour"])
 
 
-def test_focus_rows_are_hourly_with_tags(db: sqlite3.Connection) -> None:
-    rows = focus_rows(db)
+def test_focus_rows_are_hourly_with_tags(db: tuple[Connection, Database]) -> None:
+    rows = focus_rows(*db)
     assert all(set(r) == set(FOCUS_COLUMNS) for r in rows)
     # acme's 10 events spread over 3 runs (run-0, run-1, run-2) in one hour, plus globex.
     acme = [r for r in rows if r["x_Tenant"] == "acme"]

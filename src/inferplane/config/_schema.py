@@ -53,6 +53,8 @@ class GatewaySettings(_Strict):
     # A backend that refused a connection is skipped for this long.
     backend_cooldown_s: float = Field(5.0, ge=0)
     max_connections_per_backend: int = Field(1024, ge=1)
+    # Budget leases of a process that stopped heart-beating return to the pool after this.
+    lease_ttl_s: float = Field(30.0, ge=1, le=3600)
 
 
 class Backend(_Strict):
@@ -159,7 +161,11 @@ class Tenant(_Strict):
 class Config(_Strict):
     gateway: GatewaySettings = GatewaySettings()
     data_dir: Path = Path(".inferplane")
-    # Off: no usage records and no spend across restarts (a stateless proxy; benchmarks).
+    # Where the ledger, tenants and budgets live: SQLite under data_dir when unset; a
+    # postgresql:// URL for several gateway processes on several hosts. libpq's
+    # environment (PGPASSWORD, PGSSLMODE...) applies.
+    database_url: str | None = None
+    # Off: no usage records, no budgets, no admin-created tenants (a stateless proxy).
     usage_ledger: bool = True
     admin_key_sha256: str | None = None
     models: dict[Name, Model] = Field(min_length=1)
@@ -169,6 +175,13 @@ class Config(_Strict):
     @classmethod
     def _admin_digest(cls, value: str | None) -> str | None:
         return None if value is None else ApiKey._hex_digest(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"must be a postgresql:// URL, got scheme {urlsplit(url).scheme!r}")
+        return url
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
@@ -185,6 +198,17 @@ class Config(_Strict):
             unknown = sorted(set(tenant.models or ()) - set(self.models))
             if unknown:
                 raise ValueError(f"tenant {tenant_name!r} allows unknown models {unknown}")
+        if not self.usage_ledger:
+            budgeted = [
+                name
+                for name, t in self.tenants.items()
+                if any((t.budget, t.workflow_budget, t.run_budget, *(k.budget for k in t.keys)))
+            ]
+            if budgeted:
+                raise ValueError(
+                    f"tenant {budgeted[0]!r} has budgets, which need the usage ledger: "
+                    "remove usage_ledger: false"
+                )
         for name, model in self.models.items():
             labels = [b.label for b in model.backends]
             if len(set(labels)) != len(labels):

@@ -1,6 +1,6 @@
 """The live gateway: OpenAI-compatible front door over real model servers."""
 
-from inferplane.gateway._app import LEDGER_FILE, create_gateway_app
+from inferplane.gateway._app import LEDGER_FILE, create_gateway_app, ledger_database
 from inferplane.gateway._auth import hash_key
 from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._upstream import Upstream, UpstreamResponse
@@ -12,4 +12,5 @@ __all__ = [
     "UpstreamResponse",
     "create_gateway_app",
     "hash_key",
+    "ledger_database",
 ]

@@ -131,7 +131,7 @@ class AdminApi:
         changes = _changes(update, exclude={"name"})
         self._check_models(changes.get("models"))
         registry.put(update.name, tenant.model_copy(update=changes))
-        self._gate().refresh(update.name, time.time())
+        await self._gate().refresh(update.name, time.time())
         return JSONResponse({"name": update.name, "updated": sorted(changes)})
 
     async def create_key(self, request: Request) -> Response:
@@ -170,7 +170,7 @@ class AdminApi:
                 404, f"Tenant '{update.tenant}' has no key named '{update.name}'.", "key_not_found"
             )
         registry.put(update.tenant, tenant.model_copy(update={"keys": keys}))
-        self._gate().refresh(update.tenant, time.time())
+        await self._gate().refresh(update.tenant, time.time())
         return JSONResponse(
             {"tenant": update.tenant, "name": update.name, "updated": sorted(changes)}
         )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
+import logging
+import os
+import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -25,18 +27,29 @@ from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
 from inferplane.gateway._upstream import Upstream
 from inferplane.ledger import (
     GROUPS,
+    Database,
+    LeaseStore,
     Ledger,
     NullLedger,
-    SqliteLedger,
+    SqlLedger,
     TenantStore,
     usage_summary,
 )
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import OpenAIError
 
-__all__ = ["LEDGER_FILE", "create_gateway_app"]
+__all__ = ["LEDGER_FILE", "create_gateway_app", "ledger_database"]
 
 LEDGER_FILE = "ledger.sqlite3"
+log = logging.getLogger("inferplane.gateway")
+
+
+def ledger_database(config: Config) -> Database:
+    """The database of the ledger, tenants and budgets: ``database_url`` or SQLite."""
+    if config.database_url is not None:
+        return Database(config.database_url)
+    return Database.sqlite(config.data_dir / LEDGER_FILE)
+
 
 # OpenAI operation names (gen_ai.operation.name) by route.
 _OPERATIONS = {
@@ -69,19 +82,40 @@ class Gateway:
             read_timeout_s=s.read_timeout_s,
             max_connections_per_host=s.max_connections_per_backend,
         )
-        path = self.config.data_dir / LEDGER_FILE
-        ledger: Ledger = SqliteLedger(path) if self.config.usage_ledger else NullLedger()
-        self.store = TenantStore(path) if self.config.usage_ledger else None
+        ledger: Ledger = NullLedger()
+        leases = None
+        if self.config.usage_ledger:
+            database = ledger_database(self.config)
+            ledger = SqlLedger(database)
+            self.store = TenantStore(database)
+            leases = LeaseStore(database)
         self.registry = Registry(self.config, self.store)
-        self.gate = BudgetGate(self.config, self.registry, ledger)
+        # Unique among live gateways: this host and port (the port is ours while we run).
+        port = s.port or f"pid{os.getpid()}"
+        self.gate = BudgetGate(self.config, self.registry, leases, f"{socket.gethostname()}:{port}")
+        await self.gate.start(time.time())
         self.proxy = Proxy(upstream, self.metrics, ledger, self.gate)
-        self._ticker = asyncio.create_task(self._tick_budgets(), name="budget-ticker")
+        self._ticker = asyncio.create_task(self._tick(), name="budget-ticker")
 
-    async def _tick_budgets(self) -> None:
-        assert self.gate is not None
+    async def _tick(self) -> None:
+        """Budget upkeep, and tenants other gateway processes changed."""
+        assert self.gate is not None and self.registry is not None
+        interval = min(1.0, self.config.gateway.lease_ttl_s / 6)
+        seen = None
         while True:
-            await asyncio.sleep(1.0)
-            self.gate.tick(time.time())
+            await asyncio.sleep(interval)
+            await self.gate.tick(time.time())
+            if self.store is None:
+                continue
+            try:
+                version = await asyncio.to_thread(self.store.version)
+                if version != seen:
+                    docs = await asyncio.to_thread(self.store.load)
+                    for name in self.registry.take_stored(docs):
+                        await self.gate.refresh(name, time.time())
+                    seen = version
+            except self.store.errors as exc:  # keep serving with what we know
+                log.warning("could not read stored tenants: %s", exc)
 
     def _registry(self) -> Registry:
         assert self.registry is not None, "gateway not started"
@@ -96,7 +130,9 @@ class Gateway:
             self._ticker.cancel()
         if self.proxy is not None:
             await self.proxy.upstream.aclose()
-            self.proxy.ledger.close()
+            self.proxy.ledger.close()  # commits what is queued, so leases are consumed
+        if self.gate is not None:
+            await self.gate.close()
         if self.store is not None:
             self.store.close()
 
@@ -149,7 +185,7 @@ class Gateway:
         )
         if self.gate.is_budgeted(principal.tenant, principal.key_name):
             worst = worst_case(body, operation, model_config)
-            held = self.gate.reserve(
+            held = await self.gate.reserve(
                 exchange.request_id, exchange.charge, worst, model_config.price, time.time()
             )
             exchange.held = held
@@ -201,13 +237,11 @@ class Gateway:
             raise OpenAIError(
                 404, "This gateway keeps no usage ledger (usage_ledger: false).", "ledger_disabled"
             )
-        path = self.config.data_dir / LEDGER_FILE
+        database = ledger_database(self.config)
 
         def query() -> list[dict[str, Any]]:
-            if not path.exists():
-                return []
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                return usage_summary(db, group_by, start=start, end=end, tenant=tenant)
+            with contextlib.closing(database.connect(read_only=True)) as db:
+                return usage_summary(db, database, group_by, start=start, end=end, tenant=tenant)
 
         data = await asyncio.to_thread(query)
         return JSONResponse({"object": "list", "group_by": group_by, "data": data})

@@ -44,19 +44,32 @@ class Registry:
     def __init__(self, config: Config, store: TenantStore | None) -> None:
         self._config = config
         self._store = store
-        self.tenants: dict[str, Tenant] = {}
-        for name, doc in (store.load() if store else {}).items():
-            try:
-                self.tenants[name] = Tenant.model_validate_json(doc)
-            except ValidationError as exc:  # written by an older version, say: keep serving
-                log.error("stored tenant %r is invalid and ignored: %s", name, exc)
-        for name in set(self.tenants) & set(config.tenants):
+        self.tenants: dict[str, Tenant] = dict(config.tenants)
+        docs = store.load() if store else {}
+        for name in set(docs) & set(config.tenants):
             log.warning(
                 "tenant %r is defined in the config file and the store: using the config file's",
                 name,
             )
-        self.tenants.update(config.tenants)
+        self.take_stored(docs)
+
+    def take_stored(self, docs: dict[str, str]) -> list[str]:
+        """Adopt the stored tenants (name -> JSON) that differ from ours, such as those
+        another gateway process created or changed; returns their names."""
+        changed = []
+        for name, doc in docs.items():
+            if self.is_static(name):
+                continue
+            try:
+                tenant = Tenant.model_validate_json(doc)
+            except ValidationError as exc:  # written by an older version, say: keep serving
+                log.error("stored tenant %r is invalid and ignored: %s", name, exc)
+                continue
+            if self.tenants.get(name) != tenant:
+                self.tenants[name] = tenant
+                changed.append(name)
         self._index()
+        return changed
 
     def _index(self) -> None:
         by_digest: dict[str, tuple[Principal, bool]] = {}

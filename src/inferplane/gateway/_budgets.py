@@ -5,25 +5,45 @@ workflow and run (the last two from ``X-Inferplane-Workflow`` and
 ``X-Inferplane-Run``). Before dispatch it holds its worst case (counted
 prompt tokens + ``max_tokens``, one call, their price); when it ends, the
 hold is replaced by its actual usage. Holds of requests that never ended
-expire. The arithmetic is ``policy.Book``; spend survives restarts because it
-is rebuilt from the usage ledger for the current window when an account opens.
+expire.
 
-Single process for now: several gateways sharing PostgreSQL come with leases.
+Gateway processes share budgets through the ledger's database with leases
+(``policy/_leases.py``): this process admits against its local ``Book``,
+whose limits are the budget it has leased, and goes to the database only
+when a request does not fit what it holds. A heartbeat keeps its leases
+alive; if it cannot reach the database for two thirds of the lease TTL, it
+stops trusting its leases (a new holder epoch) before anyone else may
+reclaim them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from inferplane.config import Budget, Config, Model, Pricing
 from inferplane.gateway._auth import Registry
-from inferplane.ledger import Ledger
+from inferplane.ledger import Charge, LeaseRequest, LeaseResult, LeaseStore
 from inferplane.perf import count_chat_tokens, count_text_tokens
-from inferplane.policy import Amount, Book, Refused, Scope
+from inferplane.policy import (
+    Account,
+    Amount,
+    Book,
+    Granted,
+    Refused,
+    Scope,
+    charge_scopes,
+    lease_ask,
+    units_that_fit,
+)
 from inferplane.wire import OpenAIError
 
 __all__ = [
@@ -40,8 +60,12 @@ RUN_HEADER = "x-inferplane-run"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # The least output worth answering with when a budget can no longer fit the worst case.
 MIN_PARTIAL_OUTPUT = 16
-# Runs and workflows nobody used for this long leave memory (their spend stays in the ledger).
+# Leased budget a scope has not used for this long goes back to the pool.
+_IDLE_GIVE_BACK_S = 10.0
+# Scopes nobody used for this long leave memory (their spend stays in the ledger).
 _IDLE_EVICT_S = 3600.0
+_T = TypeVar("_T")
+log = logging.getLogger("inferplane.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,22 +117,47 @@ def worst_case(body: dict[str, Any], operation: str, model: Model) -> Amount:
 
 
 class BudgetGate:
-    def __init__(self, config: Config, registry: Registry, ledger: Ledger) -> None:
+    def __init__(
+        self, config: Config, registry: Registry, leases: LeaseStore | None, instance: str
+    ) -> None:
         self.config = config
         self.registry = registry
-        self.ledger = ledger
         self.book = Book()
+        self._leases = leases
+        # Leases of this process are held as "<instance>/<pid>.<epoch>".
+        self._instance = instance
+        self._epoch = 0
+        self._ttl_s = config.gateway.lease_ttl_s
+        self._valid_until = -math.inf  # the leases held may be trusted until then
+        self._next_heartbeat = -math.inf
         self._last_used: dict[Scope, float] = {}
+        self._lock = asyncio.Lock()  # one lease conversation at a time
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="budget-leases")
+
+    @property
+    def holder(self) -> str:
+        return f"{self._instance}/{os.getpid()}.{self._epoch}"
+
+    async def start(self, now: float) -> None:
+        """Take back what an earlier process of this instance (killed, say) still held."""
+        if self._leases is not None:
+            await self._db(self._leases.release_instance, self._instance)
+            await self._heartbeat(now)
+
+    async def close(self) -> None:
+        """Give every lease back: a clean stop leaves the whole budget to the others."""
+        if self._leases is not None:
+            try:
+                await self._db(self._leases.release, self.holder)
+            except OpenAIError as exc:
+                log.warning("budget leases not released (they expire): %s", exc.message)
+            self._leases.close()
+        self._executor.shutdown()
 
     def path(self, tenant: str, key_name: str, headers: Mapping[str, str]) -> ChargePath:
         workflow = _header_id(headers, WORKFLOW_HEADER)
         run = _header_id(headers, RUN_HEADER)
-        scopes = [Scope("tenant", tenant), Scope("key", f"{tenant}/{key_name}")]
-        if workflow is not None:
-            scopes.append(Scope("workflow", f"{tenant}/{workflow}"))
-        if run is not None:
-            scopes.append(Scope("run", f"{tenant}/{workflow or '-'}/{run}"))
-        return ChargePath(workflow, run, tuple(scopes))
+        return ChargePath(workflow, run, charge_scopes(tenant, key_name, workflow, run))
 
     def is_budgeted(self, tenant: str, key_name: str) -> bool:
         t = self.registry.tenants.get(tenant)
@@ -117,7 +166,7 @@ class BudgetGate:
         key_budget = next((k.budget for k in t.keys if k.name == key_name), None)
         return any((t.budget, t.workflow_budget, t.run_budget, key_budget))
 
-    def reserve(
+    async def reserve(
         self, request_id: str, path: ChargePath, amount: Amount, price: Pricing, now: float
     ) -> Amount:
         """Hold ``amount`` on every budgeted scope of ``path``; returns what was held.
@@ -127,83 +176,236 @@ class BudgetGate:
         (the caller then caps the request's ``max_tokens``): a run near the end of
         its budget gets a shorter answer instead of none. Otherwise: a 429.
         """
-        for scope in path.scopes:
-            self._ensure_open(scope, path, now)
+        scopes = self._open(path, now)
+        if not scopes:
+            return amount
         # A hold outlives the longest a request may legitimately take.
         ttl = self.config.gateway.read_timeout_s * 4
-        decision = self.book.reserve(request_id, path.scopes, amount, now, ttl)
-        if not isinstance(decision, Refused):
-            return amount
-        prompt = amount.input_tokens
-        base = Amount(
-            input_tokens=prompt, calls=amount.calls, cost_micros=price.cost_micros(prompt, 0)
-        )
-        # An upper bound of one more output token's cost, so that k tokens surely fit.
-        unit = Amount(output_tokens=1, cost_micros=math.ceil(price.output_per_1m))
-        most = self.book.fit(path.scopes, base, unit, now)
-        if most is not None and MIN_PARTIAL_OUTPUT <= most < amount.output_tokens:
-            smaller = Amount(
-                input_tokens=prompt,
-                output_tokens=most,
-                calls=amount.calls,
-                cost_micros=price.cost_micros(prompt, most),
+        if now < self._valid_until and self._hold(request_id, scopes, amount, now, ttl):
+            return amount  # the hot path: what this process has leased covers it
+        async with self._lock:
+            if now >= self._valid_until:
+                self._new_epoch()
+            elif self._hold(request_id, scopes, amount, now, ttl):
+                return amount  # a lease taken for another request made room
+            results = await self._lease(scopes, amount, now)
+            if self._hold(request_id, scopes, amount, now, ttl):
+                return amount
+            prompt = amount.input_tokens
+            base = Amount(
+                input_tokens=prompt, calls=amount.calls, cost_micros=price.cost_micros(prompt, 0)
             )
-            if not isinstance(
-                self.book.reserve(request_id, path.scopes, smaller, now, ttl), Refused
-            ):
-                return smaller
-        raise _refusal(decision)
+            # An upper bound of one more output token's cost, so that k tokens surely fit.
+            unit = Amount(output_tokens=1, cost_micros=math.ceil(price.output_per_1m))
+            most = self._fit(scopes, results, base, unit, now)
+            if most is not None and MIN_PARTIAL_OUTPUT <= most < amount.output_tokens:
+                smaller = Amount(
+                    input_tokens=prompt,
+                    output_tokens=most,
+                    calls=amount.calls,
+                    cost_micros=price.cost_micros(prompt, most),
+                )
+                await self._lease(scopes, smaller, now)
+                if self._hold(request_id, scopes, smaller, now, ttl):
+                    return smaller
+            raise _refusal(self._refused(scopes, results, amount, now))
 
-    def settle(self, request_id: str, path: ChargePath, actual: Amount, now: float) -> None:
-        self.book.settle(request_id, path.scopes, actual, now)
+    def settle(self, request_id: str, path: ChargePath, actual: Amount, now: float) -> Charge:
+        """Replace a request's hold by what it used; returns what the ledger must record."""
+        leased = [s for s in path.scopes if s in self.book.accounts]
+        self.book.settle(request_id, leased, actual, now)
+        return Charge(actual, self.holder, tuple(str(s) for s in leased))
 
-    def refresh(self, tenant: str, now: float) -> None:
-        """Apply a tenant's changed budgets to its open accounts.
+    async def refresh(self, tenant: str, now: float) -> None:
+        """A tenant's budgets changed: give back what is leased for its scopes and not held,
+        so the next request leases under the new limits."""
+        async with self._lock:
+            scopes = [s for s in self.book.accounts if s.id.split("/", 1)[0] == tenant]
+            await self._give_back(scopes, now)
+            for scope in scopes:
+                budget = self._budget_of(scope)
+                if budget is None:
+                    del self.book.accounts[scope]
+                else:
+                    # Dimensions the budget gained start with nothing leased.
+                    old = dict(self.book.accounts[scope].limits.items())
+                    self.book.accounts[scope].limits = budget.limits().like(old)
 
-        Spend is rebuilt from the ledger for the (possibly new) window; holds of
-        requests in flight carry over, so nothing in flight is forgotten."""
-        for scope in [s for s in self.book.accounts if s.id.split("/", 1)[0] == tenant]:
-            old = self.book.accounts.pop(scope)
-            self._ensure_open(scope, _path_of(scope), now)
-            new = self.book.accounts.get(scope)
-            if new is not None:
-                for request_id, hold in old.held.items():
-                    new.hold(request_id, hold.amount, hold.expires_at)
-
-    def tick(self, now: float) -> None:
-        """Expire holds of requests that never settled; forget idle runs and workflows."""
+    async def tick(self, now: float) -> None:
+        """Expire holds of requests that never settled, keep leases alive, give back
+        what idle scopes lease, forget scopes idle for long."""
         self.book.expire(now)
-        for scope, last in list(self._last_used.items()):
-            account = self.book.accounts.get(scope)
-            if now - last > _IDLE_EVICT_S and (account is None or not account.held):
-                self.book.accounts.pop(scope, None)
-                del self._last_used[scope]
+        if self._leases is None:
+            return
+        if now >= self._next_heartbeat:
+            try:
+                await self._heartbeat(now)
+            except OpenAIError as exc:
+                log.warning("budget lease heartbeat failed: %s", exc.message)
+        idle = [s for s, last in self._last_used.items() if now - last > _IDLE_GIVE_BACK_S]
+        if not idle:
+            return
+        async with self._lock:
+            try:
+                await self._give_back(idle, now)
+            except OpenAIError as exc:
+                log.warning("idle budget leases not given back: %s", exc.message)
+                return
+            forgotten = []
+            for scope in idle:
+                account = self.book.accounts.get(scope)
+                if now - self._last_used[scope] > _IDLE_EVICT_S and not (account and account.held):
+                    self.book.accounts.pop(scope, None)
+                    del self._last_used[scope]
+                    forgotten.append(str(scope))
+            if forgotten:
+                # Its usage was committed long ago: the lease rows are done with.
+                await self._db(self._leases.forget, self.holder, forgotten)
 
-    def _ensure_open(self, scope: Scope, path: ChargePath, now: float) -> None:
-        if scope.kind in ("workflow", "run"):
+    # -- internals -----------------------------------------------------------
+
+    def _open(self, path: ChargePath, now: float) -> list[Scope]:
+        """The budgeted scopes of ``path``, each with a local account (nothing leased yet
+        for one not seen before)."""
+        scopes = []
+        for scope in path.scopes:
+            budget = self._budget_of(scope)
+            if budget is None:
+                continue
+            scopes.append(scope)
             self._last_used[scope] = now
-        if scope in self.book.accounts:
+            if scope not in self.book.accounts:
+                # Leases are headroom, whatever the window: the database applies windows.
+                self.book.open(scope, budget.limits().like({}))
+        return scopes
+
+    def _hold(
+        self, request_id: str, scopes: list[Scope], amount: Amount, now: float, ttl: float
+    ) -> bool:
+        return isinstance(self.book.reserve(request_id, scopes, amount, now, ttl), Granted)
+
+    async def _lease(
+        self, scopes: list[Scope], amount: Amount, now: float
+    ) -> dict[Scope, LeaseResult]:
+        """Ask the database for what ``amount`` needs beyond what is leased, in one trip."""
+        assert self._leases is not None, "budgets need the usage ledger"
+        asked: list[Scope] = []
+        requests = []
+        for scope in sorted(scopes, key=str):
+            account = self.book.accounts[scope]
+            budget = self._budget_of(scope)
+            assert budget is not None
+            limits = budget.limits()
+            ask = lease_ask(limits, account.limits, account.spent + account.reserved, amount)
+            if ask is None:
+                continue
+            start = budget.window.start(now)
+            since_hour = int(start // 3600) * 3600 if math.isfinite(start) else -(2**62)
+            asked.append(scope)
+            requests.append(LeaseRequest(str(scope), limits, since_hour, ask))
+        if not requests:
+            return {}
+        results = await self._db(self._leases.lease, self.holder, requests, now, self._ttl_s)
+        for scope, result in zip(asked, results, strict=True):
+            account = self.book.accounts[scope]
+            if result.created and any(v for _, v in account.limits.items()):
+                # Our lease was gone (expired while we could not reach the database):
+                # what was spent under it is the database's business now.
+                log.warning("budget lease of %s was lost and is taken anew", scope)
+                account.spent = Amount()
+            account.limits = account.limits.like(result.total)
+        return dict(zip(asked, results, strict=True))
+
+    def _fit(
+        self,
+        scopes: list[Scope],
+        results: dict[Scope, LeaseResult],
+        base: Amount,
+        unit: Amount,
+        now: float,
+    ) -> int | None:
+        """The most output tokens that fit what is leased plus what is still free."""
+        most: int | None = None
+        for scope in scopes:
+            room = self.book.accounts[scope].room(now)
+            result = results.get(scope)
+            if result is not None and not result.grant.ok:
+                room = {d: r + max(0, result.grant.available[d]) for d, r in room.items()}
+            k = units_that_fit(room, base, unit)
+            if k is None:
+                return None
+            most = k if most is None else min(most, k)
+        return most
+
+    def _refused(
+        self, scopes: list[Scope], results: dict[Scope, LeaseResult], amount: Amount, now: float
+    ) -> Refused:
+        for scope in scopes:
+            result = results.get(scope)
+            if result is None or result.grant.refused is None:
+                continue
+            dimension = result.grant.refused
+            budget = self._budget_of(scope)
+            assert budget is not None
+            limit = budget.limits().get(dimension) or 0
+            free = max(0, result.grant.available[dimension])
+            free += max(0, self.book.accounts[scope].room(now)[dimension])
+            return Refused(scope, dimension, limit, limit - free, amount.get(dimension))
+        # Leased, yet it does not fit (a limit lowered under us, say): report the local view.
+        for scope in scopes:
+            refused = self.book.accounts[scope].check(amount, now)
+            if refused is not None:
+                return refused
+        raise AssertionError("a request that fits was refused")
+
+    async def _give_back(self, scopes: list[Scope], now: float) -> None:
+        """Return what ``scopes`` lease and do not hold (caller holds the lock)."""
+        if self._leases is None:
             return
-        budget = self._budget_of(scope)
-        if budget is None:
-            return
-        self.book.open(scope, budget.limits(), budget.window)
-        account = self.book.accounts[scope]
-        account.roll(now)
-        tenant, _, rest = scope.id.partition("/")
-        match: dict[str, str | None] = {"tenant": tenant}
-        if scope.kind == "key":
-            match["key_name"] = rest
-        elif scope.kind == "workflow":
-            match["workflow"] = rest
-        elif scope.kind == "run":
-            match["workflow"], match["run"] = path.workflow, path.run
-        inp, out, calls, cost = self.ledger.spend(account.window_start, **match)
-        # In a rolling window this counts the whole loaded spend as recent: it leaves the
-        # window later than it should, never earlier, so nothing is over-admitted.
-        account.record(
-            Amount(input_tokens=inp, output_tokens=out, calls=calls, cost_micros=cost), now
-        )
+        returns = []
+        for scope in scopes:
+            account = self.book.accounts.get(scope)
+            if account is None:
+                continue
+            spare = {d: r for d, r in account.room(now).items() if r > 0}
+            if spare:
+                returns.append((str(scope), spare))
+                account.limits = account.limits.like(
+                    {d: v - spare.get(d, 0) for d, v in account.limits.items()}
+                )
+        if returns:
+            await self._db(self._leases.give_back, self.holder, returns)
+
+    def _new_epoch(self) -> None:
+        """Stop trusting the leases held: their database rows may have expired. Requests
+        in flight keep their holds, which the next lease must cover."""
+        self._epoch += 1
+        for scope, old in list(self.book.accounts.items()):
+            fresh = Account(scope, old.limits.like({}))
+            for request_id, hold in old.held.items():
+                fresh.hold(request_id, hold.amount, hold.expires_at)
+            self.book.accounts[scope] = fresh
+
+    async def _heartbeat(self, now: float) -> None:
+        assert self._leases is not None
+        sent = time.time()
+        await self._db(self._leases.heartbeat, self.holder, now + self._ttl_s)
+        # Before the database may expire them, this process stops trusting them.
+        self._valid_until = sent + self._ttl_s * 2 / 3
+        self._next_heartbeat = now + self._ttl_s / 6
+
+    async def _db(self, call: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking lease call beside the event loop; database trouble is a 503."""
+        assert self._leases is not None
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, call, *args)
+        except self._leases.database.errors as exc:
+            raise OpenAIError(
+                503,
+                f"The budget store ({self._leases.database.describe()}) is unavailable: {exc}",
+                "budget_store_unavailable",
+            ) from None
 
     def _budget_of(self, scope: Scope) -> Budget | None:
         tenant_name, _, rest = scope.id.partition("/")
@@ -217,17 +419,6 @@ class BudgetGate:
         if scope.kind == "workflow":
             return tenant.workflow_budget
         return tenant.run_budget
-
-
-def _path_of(scope: Scope) -> ChargePath:
-    """The charge path that opened ``scope`` (inverse of ``BudgetGate.path`` for one scope)."""
-    rest = scope.id.partition("/")[2]
-    if scope.kind == "run":
-        workflow, _, run = rest.partition("/")
-        return ChargePath(None if workflow == "-" else workflow, run, (scope,))
-    if scope.kind == "workflow":
-        return ChargePath(rest, None, (scope,))
-    return ChargePath(None, None, (scope,))
 
 
 def _refusal(refused: Refused) -> OpenAIError:

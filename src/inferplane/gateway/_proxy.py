@@ -34,7 +34,7 @@ from inferplane.gateway._upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from inferplane.ledger import Ledger, LedgerWriteError, UsageEvent
+from inferplane.ledger import Charge, Ledger, LedgerWriteError, UsageEvent
 from inferplane.policy import Amount, RoundRobin
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import (
@@ -123,8 +123,9 @@ class Proxy:
             error_type=ex.error_type,
         )
         actual = _actual_usage(ex)
+        charge = Charge(actual)
         if ex.held is not None:
-            self.gate.settle(ex.request_id, ex.charge, actual, time.time())
+            charge = self.gate.settle(ex.request_id, ex.charge, actual, time.time())
         return self.ledger.append(
             UsageEvent(
                 request_id=ex.request_id,
@@ -144,7 +145,8 @@ class Proxy:
                 duration_s=duration,
                 calls=actual.calls,
                 cost_micros=actual.cost_micros,
-            )
+            ),
+            charge,
         )
 
     async def forward(

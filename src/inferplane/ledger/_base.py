@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from inferplane.ledger._events import UsageEvent
+
+if TYPE_CHECKING:
+    from inferplane.ledger._ledger import Charge
 
 __all__ = ["Ledger"]
 
 
 class Ledger(Protocol):
-    def append(self, event: UsageEvent) -> asyncio.Future[None]:
-        """Record ``event``; the future completes once it is durable."""
-        ...
-
-    def spend(self, since: float, **match: str | None) -> tuple[int, int, int, int]:
-        """(input tokens, output tokens, calls, cost micros) since ``since`` for a scope."""
+    def append(self, event: UsageEvent, charge: Charge) -> asyncio.Future[None]:
+        """Record ``event`` and its charge; the future completes once it is durable."""
         ...
 
     def close(self) -> None: ...

@@ -1,22 +1,23 @@
 """Reading the ledger: usage grouped by scope and day, and FinOps FOCUS rows.
 
-Plain SQL over a DB-API connection (``?`` parameters), so it runs against
-the SQLite ledger file directly (the CLI does that, offline) or in a thread
-beside the gateway.
+Plain SQL over a ledger connection (``?`` parameters), the same for SQLite
+and PostgreSQL but for calendar functions; the CLI runs it offline, the
+gateway in a thread.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from inferplane.ledger._db import Connection, Database
+
 __all__ = ["FOCUS_COLUMNS", "GROUPS", "focus_rows", "usage_summary", "write_focus_parquet"]
 
-# Column or expression for each grouping users may ask for.
+# Column for each grouping users may ask for; "day" is the UTC date of ``time``.
 GROUPS = {
     "tenant": "tenant",
     "key": "key_name",
@@ -24,7 +25,7 @@ GROUPS = {
     "run": "run",
     "model": "model",
     "backend": "backend",
-    "day": "date(time, 'unixepoch')",
+    "day": "time",
 }
 
 FOCUS_COLUMNS = (
@@ -63,7 +64,8 @@ def _percentile(ordered: Sequence[int], q: float) -> int:
 
 
 def usage_summary(
-    db: sqlite3.Connection,
+    db: Connection,
+    database: Database,
     group_by: Sequence[str],
     *,
     start: float | None = None,
@@ -75,7 +77,7 @@ def usage_summary(
     if unknown:
         raise ValueError(f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     where, params = _filters(start, end, tenant)
-    keys = [GROUPS[g] for g in group_by]
+    keys = [database.day_of("time") if g == "day" else GROUPS[g] for g in group_by]
     select = ", ".join([*keys, "cost_micros", "input_tokens", "output_tokens", "status"])
     order = ", ".join(keys) if keys else "1"
     groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
@@ -121,7 +123,7 @@ def _iso(t: float) -> str:
 
 
 def focus_rows(
-    db: sqlite3.Connection, *, start: float | None = None, end: float | None = None
+    db: Connection, database: Database, *, start: float | None = None, end: float | None = None
 ) -> list[dict[str, Any]]:
     """FOCUS 1.x cost rows: one per hour, tenant, key, workflow, run, model and backend.
 
@@ -131,16 +133,16 @@ def focus_rows(
     """
     where, params = _filters(start, end, None)
     sql = (
-        "SELECT CAST(time / 3600 AS INTEGER) * 3600 AS hour, tenant, key_name, workflow, run, "
+        f"SELECT {database.hour_of('time')} AS hour, tenant, key_name, workflow, run, "
         "model, backend, COUNT(*), SUM(COALESCE(input_tokens, 0)), "
-        "SUM(COALESCE(output_tokens, 0)), SUM(cost_micros), SUM(status >= 400) "
+        "SUM(COALESCE(output_tokens, 0)), SUM(cost_micros), "
+        "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) "
         f"FROM usage_events {where} "
         "GROUP BY hour, tenant, key_name, workflow, run, model, backend ORDER BY hour"
     )
     rows = []
-    for hour, tenant, key, workflow, run, model, backend, n, inp, out, cost, errors in db.execute(
-        sql, params
-    ):
+    for hour, tenant, key, workflow, run, model, backend, n, *sums in db.execute(sql, params):
+        inp, out, cost, errors = (int(v) for v in sums)  # PostgreSQL sums are numeric
         tags = {"tenant": tenant, "api_key": key, "workflow": workflow, "run": run}
         rows.append(
             {

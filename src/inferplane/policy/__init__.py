@@ -7,6 +7,7 @@ from inferplane.policy._balance import (
     stable_hash,
 )
 from inferplane.policy._budgets import (
+    LIMIT_DIMENSIONS,
     Account,
     Amount,
     Book,
@@ -15,11 +16,15 @@ from inferplane.policy._budgets import (
     Refused,
     Scope,
     Window,
+    charge_scopes,
+    units_that_fit,
 )
+from inferplane.policy._leases import LeaseAsk, LeaseGrant, lease_ask, lease_grant
 from inferplane.policy._queueing import DispatchQueue, QueueItem, SloClass
 from inferplane.policy._routing import RoundRobin
 
 __all__ = [
+    "LIMIT_DIMENSIONS",
     "Account",
     "Amount",
     "Book",
@@ -27,6 +32,8 @@ __all__ = [
     "BudgetLimits",
     "DispatchQueue",
     "Granted",
+    "LeaseAsk",
+    "LeaseGrant",
     "QueueItem",
     "Refused",
     "ReplicaLoad",
@@ -34,6 +41,10 @@ __all__ = [
     "Scope",
     "SloClass",
     "Window",
+    "charge_scopes",
+    "lease_ask",
+    "lease_grant",
     "least_loaded_of_two",
     "stable_hash",
+    "units_that_fit",
 ]

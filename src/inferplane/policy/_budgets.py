@@ -18,11 +18,12 @@ import calendar
 import enum
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime  # calendar arithmetic on a given time; no clock is read
 
 __all__ = [
+    "LIMIT_DIMENSIONS",
     "Account",
     "Amount",
     "Book",
@@ -31,6 +32,8 @@ __all__ = [
     "Refused",
     "Scope",
     "Window",
+    "charge_scopes",
+    "units_that_fit",
 ]
 
 
@@ -128,6 +131,17 @@ class BudgetLimits:
     def items(self) -> tuple[tuple[str, int], ...]:
         """(dimension, limit) for every limited dimension."""
         return self._limited
+
+    def get(self, dimension: str) -> int | None:
+        return getattr(self, dimension)  # type: ignore[no-any-return]
+
+    def like(self, values: Mapping[str, int]) -> BudgetLimits:
+        """Limits on the same dimensions as these, set from ``values`` (0 when absent)."""
+        return BudgetLimits(**{d: values.get(d, 0) for d, _ in self._limited})
+
+
+# Every dimension a limit can name: the Amount fields and total_tokens.
+LIMIT_DIMENSIONS = tuple(f.name for f in fields(BudgetLimits) if f.init)
 
 
 class Window(enum.StrEnum):
@@ -276,22 +290,43 @@ class Account:
         """The most units ``k`` such that ``base + k * unit`` fits; None if ``base`` does not.
 
         With nothing limiting ``unit``, the answer is unbounded (``sys.maxsize``)."""
-        self.roll(now)
-        used = self.spent + self.reserved + base
-        most = sys.maxsize
-        for dimension, limit in self.limits.items():
-            room = limit - used.get(dimension)
-            if room < 0:
-                return None
-            per_unit = unit.get(dimension)
-            if per_unit > 0:
-                most = min(most, room // per_unit)
-        return most
+        return units_that_fit(self.room(now), base, unit)
 
-    def remaining(self, now: float) -> dict[str, int]:
+    def room(self, now: float) -> dict[str, int]:
+        """Per limited dimension, what is neither spent nor held (negative when overspent)."""
         self.roll(now)
         used = self.spent + self.reserved
-        return {dim: max(0, limit - used.get(dim)) for dim, limit in self.limits.items()}
+        return {dim: limit - used.get(dim) for dim, limit in self.limits.items()}
+
+    def remaining(self, now: float) -> dict[str, int]:
+        return {dim: max(0, room) for dim, room in self.room(now).items()}
+
+
+def units_that_fit(room: dict[str, int], base: Amount, unit: Amount) -> int | None:
+    """The most ``k`` with ``base + k * unit`` within ``room`` in every dimension it names;
+    None when ``base`` alone does not fit."""
+    most = sys.maxsize
+    for dimension, free in room.items():
+        left = free - base.get(dimension)
+        if left < 0:
+            return None
+        per_unit = unit.get(dimension)
+        if per_unit > 0:
+            most = min(most, left // per_unit)
+    return most
+
+
+def charge_scopes(
+    tenant: str, key_name: str, workflow: str | None, run: str | None
+) -> tuple[Scope, ...]:
+    """Every scope a request is charged to, outermost first: tenant, key, and the
+    workflow and run it names (a run outside a workflow is under ``-``)."""
+    scopes = [Scope("tenant", tenant), Scope("key", f"{tenant}/{key_name}")]
+    if workflow is not None:
+        scopes.append(Scope("workflow", f"{tenant}/{workflow}"))
+    if run is not None:
+        scopes.append(Scope("run", f"{tenant}/{workflow or '-'}/{run}"))
+    return tuple(scopes)
 
 
 class Book:

@@ -1,0 +1,190 @@
+"""Usage events, committed in groups by one background thread, in SQLite or PostgreSQL.
+
+The event loop never blocks on the database: ``append`` hands the event to a
+queue and returns a future that completes once the event is committed. The
+writer thread commits whatever is queued in one transaction as soon as it can
+(group commit: the busier the gateway, the larger the batches). The same
+transaction adds each request's charge to its scopes' spend per hour and to the
+budget lease it was admitted under, so spend, leases and usage rows never
+disagree. A committed event survives the gateway being killed (-9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import operator
+import queue
+import threading
+from dataclasses import dataclass, fields
+
+from inferplane.ledger._db import Database
+from inferplane.ledger._events import UsageEvent
+from inferplane.ledger._leases import LeaseStore, consumption_rows
+from inferplane.ledger._schema import migrate
+from inferplane.policy import Amount, charge_scopes
+
+__all__ = ["Charge", "LedgerWriteError", "NullLedger", "SqlLedger"]
+
+
+class LedgerWriteError(RuntimeError):
+    """The ledger could not commit: the requests waiting on it must not be answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a request is charged, and the budget lease it was admitted under."""
+
+    amount: Amount
+    holder: str | None = None  # the lease holder (a gateway process), None if unbudgeted
+    leased: tuple[str, ...] = ()  # the scopes whose lease it consumes
+
+
+_COLUMNS = [f.name for f in fields(UsageEvent)]
+_INSERT = (
+    f"INSERT INTO usage_events ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
+)
+_SPEND = ("input_tokens", "output_tokens", "calls", "retries", "cost_micros", "wall_ms")
+_ADD_SPEND = (
+    f"INSERT INTO budget_spend (scope, hour, {', '.join(_SPEND)}) "
+    f"VALUES (?, ?, {', '.join('?' for _ in _SPEND)}) ON CONFLICT (scope, hour) DO UPDATE SET "
+    + ", ".join(f"{d} = budget_spend.{d} + excluded.{d}" for d in _SPEND)
+)
+_STOP = object()
+log = logging.getLogger("inferplane.ledger")
+_row = operator.attrgetter(*_COLUMNS)  # an event as a row, without astuple's deep copy
+
+
+class SqlLedger:
+    """The usage ledger of one gateway process; several processes may share a database."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        db = database.connect()
+        migrate(db, database)
+        self._db = db  # the writer thread's
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
+        self._writer.start()
+
+    def append(self, event: UsageEvent, charge: Charge) -> asyncio.Future[None]:
+        """Queue an event; the future completes once it is committed. Never blocks.
+
+        Call from a running event loop; nothing needs to await the future for
+        the event to be written."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put(_Pending(event, charge, future))
+        return future
+
+    def close(self) -> None:
+        """Write everything appended so far, then stop."""
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._db.close()
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            pending = [p for p in batch if isinstance(p, _Pending)]
+            stopping = len(pending) < len(batch)
+            if not pending:
+                continue
+            error: LedgerWriteError | None = None
+            try:
+                self._commit(pending)
+            except self.database.errors as exc:
+                # Disk full, database gone...: the waiting requests must fail, not hang.
+                log.error("usage ledger write failed: %s", exc)
+                error = LedgerWriteError(f"the usage ledger could not be written: {exc}")
+                self._recover()
+            loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            for p in pending:
+                loops.setdefault(p.future.get_loop(), []).append(p.future)
+            for loop, futures in loops.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_complete, futures, error)
+
+    def _commit(self, pending: list[_Pending]) -> None:
+        spend: dict[tuple[str, int], Amount] = {}
+        consumed: dict[tuple[str, str], Amount] = {}
+        for p in pending:
+            e, charge = p.event, p.charge
+            hour = int(e.time // 3600) * 3600
+            for scope in charge_scopes(e.tenant, e.key_name, e.workflow, e.run):
+                key = (str(scope), hour)
+                spend[key] = spend.get(key, _ZERO) + charge.amount
+            if charge.holder is not None:
+                for name in charge.leased:
+                    lease = (name, charge.holder)
+                    consumed[lease] = consumed.get(lease, _ZERO) + charge.amount
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(_INSERT, [_row(p.event) for p in pending])
+            # Sorted, so that concurrent writers lock rows in the same order.
+            db.executemany(
+                _ADD_SPEND,
+                [(s, h, *(a.get(d) for d in _SPEND)) for (s, h), a in sorted(spend.items())],
+            )
+            db.executemany(
+                LeaseStore.CONSUME,
+                [r for (s, h), a in sorted(consumed.items()) for r in consumption_rows(h, [s], a)],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(*self.database.errors):
+                db.execute("ROLLBACK")
+            raise
+
+    def _recover(self) -> None:
+        """After a failed commit, make sure the next batch has a working connection."""
+        try:
+            self._db.execute("SELECT 1")
+        except self.database.errors:
+            with contextlib.suppress(*self.database.errors):
+                self._db.close()
+            try:
+                self._db = self.database.connect()
+            except self.database.errors as exc:
+                log.error("cannot reconnect to the usage ledger: %s", exc)
+
+
+_ZERO = Amount()
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    event: UsageEvent
+    charge: Charge
+    future: asyncio.Future[None]
+
+
+def _complete(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+            future.exception()  # retrieved: nobody awaiting it is not a bug
+
+
+class NullLedger:
+    """Records nothing: for a gateway run with ``usage_ledger: false``."""
+
+    def append(self, event: UsageEvent, charge: Charge) -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def close(self) -> None:
+        pass
