@@ -427,15 +427,26 @@ def bench_budgets(
     concurrency: Annotated[int, typer.Option("--concurrency", "-n")] = 64,
     duration: Annotated[float, typer.Option(help="Seconds of load per round and gateway.")] = 4.0,
     rounds: Annotated[int, typer.Option(help="Alternating rounds.")] = 3,
+    postgres: Annotated[
+        str | None,
+        typer.Option(help="Also measure a gateway whose ledger is this postgresql:// URL."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="JSON report path.")] = Path(
         "bench-results/budgets.json"
     ),
 ) -> None:
-    """Gateway throughput with budgets + ledger on vs off, side by side."""
+    """Gateway throughput with budgets + ledger on vs off, side by side (SQLite, and
+    PostgreSQL when given)."""
     from inferplane.bench.budgets import run_budgets
 
     _guard(
-        lambda: run_budgets(concurrency=concurrency, duration_s=duration, rounds=rounds, out=out)
+        lambda: run_budgets(
+            concurrency=concurrency,
+            duration_s=duration,
+            rounds=rounds,
+            postgres_url=postgres,
+            out=out,
+        )
     )
     console.print(f"JSON: {out}")
 

@@ -68,7 +68,7 @@ async def test_committed_usage_moves_from_the_lease_to_spend(database: Database)
     leases.lease("a/1", [request(0, 0, 1)], now=100.0, ttl_s=10**10)
     ledger = SqlLedger(database)
     e = event(1, tenant="acme")
-    await ledger.append(e, Charge(Amount(calls=3), holder="a/1", leased=(SCOPE,)))
+    await ledger.append(e, Charge(Amount(calls=3), (SCOPE,), holder="a/1", leased=(SCOPE,)))
     ledger.close()
     assert query(
         database,

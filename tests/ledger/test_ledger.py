@@ -21,7 +21,7 @@ from inferplane.ledger import (
     UsageEvent,
     migrate,
 )
-from inferplane.policy import Amount
+from inferplane.policy import Amount, charge_scopes
 
 
 def event(i: int, **changes: object) -> UsageEvent:
@@ -48,14 +48,13 @@ def event(i: int, **changes: object) -> UsageEvent:
 
 
 def charge(e: UsageEvent) -> Charge:
-    return Charge(
-        Amount(
-            input_tokens=e.input_tokens or 0,
-            output_tokens=e.output_tokens or 0,
-            calls=e.calls,
-            cost_micros=e.cost_micros,
-        )
+    amount = Amount(
+        input_tokens=e.input_tokens or 0,
+        output_tokens=e.output_tokens or 0,
+        calls=e.calls,
+        cost_micros=e.cost_micros,
     )
+    return Charge(amount, tuple(map(str, charge_scopes(e.tenant, e.key_name, e.workflow, e.run))))
 
 
 def append(ledger: SqlLedger, e: UsageEvent) -> asyncio.Future[None]:

@@ -75,6 +75,7 @@ class ChargePath:
     workflow: str | None
     run: str | None
     scopes: tuple[Scope, ...]
+    names: tuple[str, ...]  # the scopes as the ledger names them (str(scope))
 
 
 def _header_id(headers: Mapping[str, str], name: str) -> str | None:
@@ -157,7 +158,8 @@ class BudgetGate:
     def path(self, tenant: str, key_name: str, headers: Mapping[str, str]) -> ChargePath:
         workflow = _header_id(headers, WORKFLOW_HEADER)
         run = _header_id(headers, RUN_HEADER)
-        return ChargePath(workflow, run, charge_scopes(tenant, key_name, workflow, run))
+        scopes = charge_scopes(tenant, key_name, workflow, run)
+        return ChargePath(workflow, run, scopes, tuple(map(str, scopes)))
 
     def is_budgeted(self, tenant: str, key_name: str) -> bool:
         t = self.registry.tenants.get(tenant)
@@ -212,9 +214,10 @@ class BudgetGate:
 
     def settle(self, request_id: str, path: ChargePath, actual: Amount, now: float) -> Charge:
         """Replace a request's hold by what it used; returns what the ledger must record."""
-        leased = [s for s in path.scopes if s in self.book.accounts]
-        self.book.settle(request_id, leased, actual, now)
-        return Charge(actual, self.holder, tuple(str(s) for s in leased))
+        accounts = self.book.accounts
+        self.book.settle(request_id, path.scopes, actual, now)
+        leased = tuple(n for s, n in zip(path.scopes, path.names, strict=True) if s in accounts)
+        return Charge(actual, path.names, self.holder, leased)
 
     async def refresh(self, tenant: str, now: float) -> None:
         """A tenant's budgets changed: give back what is leased for its scopes and not held,

@@ -123,7 +123,7 @@ class Proxy:
             error_type=ex.error_type,
         )
         actual = _actual_usage(ex)
-        charge = Charge(actual)
+        charge = Charge(actual, ex.charge.names)
         if ex.held is not None:
             charge = self.gate.settle(ex.request_id, ex.charge, actual, time.time())
         return self.ledger.append(

@@ -9,6 +9,7 @@ and transactions are explicit ``BEGIN``/``COMMIT``, which both drivers honour.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +80,20 @@ class Database:
         if read_only:
             return sqlite3.connect(f"file:{self.url}?mode=ro", uri=True, isolation_level=None)
         Path(self.url).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.url, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode = WAL")
+        # Several processes share the file: wait up to 10 s for another's lock.
+        db = sqlite3.connect(self.url, timeout=10.0, check_same_thread=False, isolation_level=None)
+        for attempt in range(50):
+            try:
+                # Switching a new file to WAL needs it alone; the busy handler does not wait.
+                db.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
         # Committed in WAL is durable across a kill -9; NORMAL skips only the fsync
         # that protects against power loss, as SQLite's documentation describes.
         db.execute("PRAGMA synchronous = NORMAL")
-        # Several processes share the file; a writer waits for another's commit.
-        db.execute("PRAGMA busy_timeout = 10000")
         return db
 
     # -- dialect -------------------------------------------------------------

@@ -28,7 +28,7 @@ from inferplane.policy import (
     lease_grant,
 )
 
-__all__ = ["LeaseRequest", "LeaseResult", "LeaseStore"]
+__all__ = ["AMOUNT_ORDER", "LeaseRequest", "LeaseResult", "LeaseStore"]
 
 log = logging.getLogger("inferplane.ledger")
 
@@ -57,9 +57,11 @@ _UPSERT = (
     + ", ".join(f"{g} = budget_leases.{g} + excluded.{g}" for g in _GRANTED)
     + ", expires_at = excluded.expires_at"
 )
+# The order in which the ledger passes amounts: the spend columns, then total tokens.
+AMOUNT_ORDER = (*_AMOUNT, "total_tokens")
 _CONSUME = (
     "UPDATE budget_leases SET "
-    + ", ".join(f"{c} = {c} + ?" for c in _CONSUMED)
+    + ", ".join(f"consumed_{d} = consumed_{d} + ?" for d in AMOUNT_ORDER)
     + " WHERE scope = ? AND holder = ?"
 )
 _GIVE_BACK = (
@@ -82,14 +84,6 @@ class LeaseResult:
     grant: LeaseGrant
     total: dict[str, int]  # the holder's whole grant for the scope after this one
     created: bool  # the holder had no lease on the scope before
-
-
-def consumption_rows(
-    holder: str, scopes: Sequence[str], amount: Amount
-) -> list[tuple[int | str, ...]]:
-    """Parameters of the lease-consumption updates for one settled request."""
-    values = tuple(amount.get(d) for d in LIMIT_DIMENSIONS)
-    return [(*values, scope, holder) for scope in scopes]
 
 
 class LeaseStore:

@@ -18,12 +18,13 @@ import operator
 import queue
 import threading
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from inferplane.ledger._db import Database
 from inferplane.ledger._events import UsageEvent
-from inferplane.ledger._leases import LeaseStore, consumption_rows
+from inferplane.ledger._leases import AMOUNT_ORDER, LeaseStore
 from inferplane.ledger._schema import migrate
-from inferplane.policy import Amount, charge_scopes
+from inferplane.policy import Amount
 
 __all__ = ["Charge", "LedgerWriteError", "NullLedger", "SqlLedger"]
 
@@ -34,9 +35,10 @@ class LedgerWriteError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """What a request is charged, and the budget lease it was admitted under."""
+    """What a request is charged, where, and the budget lease it was admitted under."""
 
     amount: Amount
+    scopes: tuple[str, ...]  # every scope it is charged to (``policy.charge_scopes``)
     holder: str | None = None  # the lease holder (a gateway process), None if unbudgeted
     leased: tuple[str, ...] = ()  # the scopes whose lease it consumes
 
@@ -46,12 +48,13 @@ _INSERT = (
     f"INSERT INTO usage_events ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
 )
-_SPEND = ("input_tokens", "output_tokens", "calls", "retries", "cost_micros", "wall_ms")
+_SPEND = AMOUNT_ORDER[:6]
 _ADD_SPEND = (
     f"INSERT INTO budget_spend (scope, hour, {', '.join(_SPEND)}) "
     f"VALUES (?, ?, {', '.join('?' for _ in _SPEND)}) ON CONFLICT (scope, hour) DO UPDATE SET "
     + ", ".join(f"{d} = budget_spend.{d} + excluded.{d}" for d in _SPEND)
 )
+_K = TypeVar("_K")
 _STOP = object()
 log = logging.getLogger("inferplane.ledger")
 _row = operator.attrgetter(*_COLUMNS)  # an event as a row, without astuple's deep copy
@@ -113,31 +116,27 @@ class SqlLedger:
                     loop.call_soon_threadsafe(_complete, futures, error)
 
     def _commit(self, pending: list[_Pending]) -> None:
-        spend: dict[tuple[str, int], Amount] = {}
-        consumed: dict[tuple[str, str], Amount] = {}
+        # Summed per row to update, in plain ints: this thread shares the GIL with the loop.
+        spend: dict[tuple[str, int], list[int]] = {}
+        consumed: dict[tuple[str, str], list[int]] = {}
         for p in pending:
-            e, charge = p.event, p.charge
-            hour = int(e.time // 3600) * 3600
-            for scope in charge_scopes(e.tenant, e.key_name, e.workflow, e.run):
-                key = (str(scope), hour)
-                spend[key] = spend.get(key, _ZERO) + charge.amount
+            charge = p.charge
+            values = _values(charge.amount)
+            hour = int(p.event.time // 3600) * 3600
+            for scope in charge.scopes:
+                _add(spend, (scope, hour), values)
             if charge.holder is not None:
-                for name in charge.leased:
-                    lease = (name, charge.holder)
-                    consumed[lease] = consumed.get(lease, _ZERO) + charge.amount
+                for scope in charge.leased:
+                    _add(consumed, (scope, charge.holder), values)
         db = self._db
         db.execute("BEGIN")
         try:
             db.executemany(_INSERT, [_row(p.event) for p in pending])
             # Sorted, so that concurrent writers lock rows in the same order.
             db.executemany(
-                _ADD_SPEND,
-                [(s, h, *(a.get(d) for d in _SPEND)) for (s, h), a in sorted(spend.items())],
+                _ADD_SPEND, [(*key, *v[: len(_SPEND)]) for key, v in sorted(spend.items())]
             )
-            db.executemany(
-                LeaseStore.CONSUME,
-                [r for (s, h), a in sorted(consumed.items()) for r in consumption_rows(h, [s], a)],
-            )
+            db.executemany(LeaseStore.CONSUME, [(*v, *key) for key, v in sorted(consumed.items())])
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(*self.database.errors):
@@ -157,7 +156,18 @@ class SqlLedger:
                 log.error("cannot reconnect to the usage ledger: %s", exc)
 
 
-_ZERO = Amount()
+def _values(amount: Amount) -> list[int]:
+    """The amount per spend column, then total tokens (leases limit it too)."""
+    return [amount.get(d) for d in AMOUNT_ORDER]
+
+
+def _add(sums: dict[_K, list[int]], key: _K, values: list[int]) -> None:
+    total = sums.get(key)
+    if total is None:
+        sums[key] = values.copy()
+    else:
+        for i, v in enumerate(values):
+            total[i] += v
 
 
 @dataclass(frozen=True, slots=True)

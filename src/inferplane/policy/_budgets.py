@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime  # calendar arithmetic on a given time; no clock is read
+from typing import NamedTuple
 
 __all__ = [
     "LIMIT_DIMENSIONS",
@@ -84,7 +85,9 @@ class Amount:
         )
 
     def get(self, dimension: str) -> int:
-        return self.total_tokens if dimension == "total_tokens" else int(getattr(self, dimension))
+        if dimension == "total_tokens":
+            return self.input_tokens + self.output_tokens
+        return getattr(self, dimension)  # type: ignore[no-any-return]
 
     def is_nonnegative(self) -> bool:
         return (
@@ -174,9 +177,9 @@ class Window(enum.StrEnum):
 _ROLLING = {Window.ROLLING_DAY: (86_400.0, 60.0), Window.ROLLING_MONTH: (30 * 86_400.0, 3600.0)}
 
 
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """Who a budget belongs to: ``tenant``, ``key``, ``workflow`` or ``run``, and an id."""
+class Scope(NamedTuple):
+    """Who a budget belongs to: ``tenant``, ``key``, ``workflow`` or ``run``, and an id.
+    (A named tuple: scopes are dictionary keys on every request, and hash fast.)"""
 
     kind: str
     id: str
@@ -228,6 +231,8 @@ class Account:
     def roll(self, now: float) -> None:
         """Move the window to ``now``: calendar windows reset spend at their boundary,
         rolling ones let old buckets go. Holds stay held."""
+        if self.window is Window.LIFETIME:
+            return
         start = self.window.start(now)
         if start <= self.window_start:
             return
@@ -255,12 +260,11 @@ class Account:
     def check(self, amount: Amount, now: float) -> Refused | None:
         """Would ``amount`` fit on top of what is spent and held? None when it does."""
         self.roll(now)
-        used = self.spent + self.reserved
+        spent, reserved = self.spent, self.reserved
         for dimension, limit in self.limits.items():
-            if used.get(dimension) + amount.get(dimension) > limit:
-                return Refused(
-                    self.scope, dimension, limit, used.get(dimension), amount.get(dimension)
-                )
+            used = spent.get(dimension) + reserved.get(dimension)
+            if used + amount.get(dimension) > limit:
+                return Refused(self.scope, dimension, limit, used, amount.get(dimension))
         return None
 
     def hold(self, request_id: str, amount: Amount, expires_at: float) -> None:
@@ -272,7 +276,9 @@ class Account:
         """Replace the hold of ``request_id`` (if any) by what it actually used."""
         self._release(request_id)
         self.record(actual, now)
-        assert self.spent.is_nonnegative() and self.reserved.is_nonnegative()
+        # The invariant, cheaply: settlements are non-negative (Book checks), so only a
+        # release of more than was held could take ``reserved`` below zero.
+        assert min(self.reserved.input_tokens, self.reserved.cost_micros, self.reserved.calls) >= 0
 
     def expire(self, now: float) -> list[str]:
         """Drop holds past their expiry (requests that crashed); returns their ids."""
