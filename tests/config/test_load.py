@@ -69,6 +69,20 @@ models:
             "models:\n  a: {backends: [{url: 'http://h:1'}]}\nadmin_key_sha256: secret\n",
             "gw.yaml:3: admin_key_sha256: must be the 64 lowercase hex digits",
         ),
+        (
+            "models:\n  a: {backends: [{url: 'http://h:1'}]}\n"
+            "tenants:\n  t: {budget: {wall_time_s: 60}}\n",
+            "budget: wall_time_s applies to runs only (run_budget)",
+        ),
+        (
+            "models:\n  a: {backends: [{url: 'http://h:1'}]}\ndatabase_url: mysql://x/y\n",
+            "gw.yaml:3: database_url: must be a postgresql:// URL, got scheme 'mysql'",
+        ),
+        (
+            "models:\n  a: {backends: [{url: 'http://h:1'}]}\nusage_ledger: false\n"
+            "tenants:\n  t: {run_budget: {calls: 3}}\n",
+            "tenant 't' has budgets, which need the usage ledger",
+        ),
     ],
 )
 def test_bad_configs_are_refused_with_a_reason(text: str, expected: str) -> None:

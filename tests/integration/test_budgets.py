@@ -221,3 +221,32 @@ def test_an_unwritable_ledger_withholds_answers_with_503(
         list(ask(gateway, stream=True))
     assert cut.value.code == "ledger_unavailable"
     assert httpx.get(gateway.url + "/health").status_code == 200
+
+
+def test_a_run_past_its_wall_time_is_cut_and_then_refused(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
+    slow = start_emulator(time_scale=1.0)  # about 150 tokens a second
+    gateway = start_gateway([slow.url], tenant_a="run_budget: {wall_time_s: 1.5}")
+    ask(gateway, run="r1")  # the run's clock starts
+    # A stream that would take many seconds ends at the deadline, cleanly.
+    chunks = list(ask(gateway, run="r1", max_tokens=3000, stream=True))
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length"
+    streamed = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    assert 0 < streamed < 3000
+    assert chunks[-1].choices == []
+    assert "wall time of run:tenant-a/triage/r1" in chunks[-1].model_extra["inferplane"]["message"]
+    # Later requests of the run are refused at once; another run has its own clock.
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(gateway, run="r1")
+    assert refused.value.response.headers["x-inferplane-budget-dimension"] == "wall_time_s"
+    assert "wall time of 1.5 s" in refused.value.message
+    # A whole answer that outlives the deadline is stopped and refused.
+    with pytest.raises(openai.RateLimitError) as cut:
+        ask(gateway, run="r2", max_tokens=3000)
+    assert cut.value.code == "budget_exceeded"
+    rows = {r["run"]: r for r in ledger_rows(gateway, expected=3) if r["run"] != "r1"}
+    assert rows["r2"]["status"] == 429 and int(rows["r2"]["calls"]) == 1  # type: ignore[call-overload]
+    cut_stream = [r for r in ledger_rows(gateway, expected=3) if r["output_tokens"] == streamed]
+    assert len(cut_stream) == 1 and cut_stream[0]["status"] == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import time
 
 import httpx
 import openai
@@ -67,3 +68,27 @@ def test_answers_like_vllm_for_bad_requests(start_emulator: StartEmulator) -> No
         )
     assert too_long.value.code == "context_length_exceeded"
     api.close()
+
+
+def test_a_whole_answer_request_whose_client_hangs_up_is_aborted(
+    start_emulator: StartEmulator,
+) -> None:
+    replica = start_emulator(time_scale=1.0)  # 3000 tokens would take about 20 s
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            replica.url + "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 3000,
+                "ignore_eos": True,
+            },
+            timeout=0.5,
+        )
+    running = "vllm:num_requests_running"
+    for _ in range(50):
+        if metric(replica.url, running) == 0:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the replica kept generating for a client that left")

@@ -121,6 +121,8 @@ class Budget(_Strict):
     total_tokens: int | None = Field(None, ge=0)
     calls: int | None = Field(None, ge=0)
     cost_usd: Decimal | None = Field(None, ge=0, le=Decimal(10) ** 9)
+    # Runs only: how long a run may last from its first request (an agent loop's deadline).
+    wall_time_s: float | None = Field(None, gt=0, le=10**9)
     window: Window = Window.LIFETIME
 
     def limits(self) -> BudgetLimits:
@@ -156,6 +158,15 @@ class Tenant(_Strict):
     # Applied to each workflow and each run of this tenant (from request headers).
     workflow_budget: Budget | None = None
     run_budget: Budget | None = None
+
+    @model_validator(mode="after")
+    def _wall_time_for_runs(self) -> Tenant:
+        budgets = {"budget": self.budget, "workflow_budget": self.workflow_budget}
+        budgets.update({f"keys.{k.name}.budget": k.budget for k in self.keys})
+        for where, budget in budgets.items():
+            if budget is not None and budget.wall_time_s is not None:
+                raise ValueError(f"{where}: wall_time_s applies to runs only (run_budget)")
+        return self
 
 
 class Config(_Strict):

@@ -11,6 +11,7 @@ the prompt (``natural_output_tokens``), capped by ``max_tokens``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import random
@@ -200,11 +201,17 @@ class _Emulator:
                 headers=SSE_HEADERS,
                 on_abandon=lambda: self._cancel_unfinished(stream),
             )
+        # vLLM aborts a whole-answer request whose client hung up; so does the emulator.
+        generating = asyncio.ensure_future(_collect(stream, reply))
+        hung_up = asyncio.ensure_future(_disconnected(request))
         try:
-            while (n := await stream.queue.get()) is not None:
-                reply.num_output += n
+            await asyncio.wait((generating, hung_up), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            hung_up.cancel()
+            generating.cancel()
             self._cancel_unfinished(stream)
+        if not generating.done() or generating.cancelled():
+            return Response(status_code=499)  # nobody is there to read it
         self.metrics.success(finish)
         return Response(orjson.dumps(reply.whole(finish)), media_type="application/json")
 
@@ -393,3 +400,14 @@ def create_emulator_app(settings: EmulatorSettings) -> JsonApp:
     app.route("/metrics", emulator.prometheus)
     app.state["emulator"] = emulator
     return app
+
+
+async def _collect(stream: Stream, reply: _Reply) -> None:
+    while (n := await stream.queue.get()) is not None:
+        reply.num_output += n
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (its body has been read: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -185,10 +185,14 @@ class Gateway:
         )
         if self.gate.is_budgeted(principal.tenant, principal.key_name):
             worst = worst_case(body, operation, model_config)
-            held = await self.gate.reserve(
+            admission = await self.gate.reserve(
                 exchange.request_id, exchange.charge, worst, model_config.price, time.time()
             )
-            exchange.held = held
+            held = exchange.held = admission.held
+            exchange.deadline, exchange.deadline_scope = (
+                admission.deadline,
+                admission.deadline_scope,
+            )
             if held.output_tokens < worst.output_tokens:
                 # A partial grant: the backend itself stops at what the budget allows.
                 exchange.output_cap = held.output_tokens

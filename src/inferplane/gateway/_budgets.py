@@ -50,6 +50,7 @@ __all__ = [
     "MIN_PARTIAL_OUTPUT",
     "RUN_HEADER",
     "WORKFLOW_HEADER",
+    "Admission",
     "BudgetGate",
     "ChargePath",
     "worst_case",
@@ -76,6 +77,15 @@ class ChargePath:
     run: str | None
     scopes: tuple[Scope, ...]
     names: tuple[str, ...]  # the scopes as the ledger names them (str(scope))
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a request may use: the amount held, and when its run's wall time runs out."""
+
+    held: Amount
+    deadline: float | None = None  # unix time; None without a wall-time budget
+    deadline_scope: Scope | None = None
 
 
 def _header_id(headers: Mapping[str, str], name: str) -> str | None:
@@ -132,6 +142,7 @@ class BudgetGate:
         self._valid_until = -math.inf  # the leases held may be trusted until then
         self._next_heartbeat = -math.inf
         self._last_used: dict[Scope, float] = {}
+        self._run_started: dict[Scope, float] = {}  # runs with a wall-time budget
         self._lock = asyncio.Lock()  # one lease conversation at a time
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="budget-leases")
 
@@ -170,17 +181,26 @@ class BudgetGate:
 
     async def reserve(
         self, request_id: str, path: ChargePath, amount: Amount, price: Pricing, now: float
-    ) -> Amount:
+    ) -> Admission:
         """Hold ``amount`` on every budgeted scope of ``path``; returns what was held.
 
         When the worst case does not fit but the prompt and at least
         ``MIN_PARTIAL_OUTPUT`` tokens of output do, a smaller output is held
         (the caller then caps the request's ``max_tokens``): a run near the end of
-        its budget gets a shorter answer instead of none. Otherwise: a 429.
+        its budget gets a shorter answer instead of none. Otherwise: a 429. A run
+        past its wall time gets a 429 too; one within it, the deadline.
         """
         scopes = self._open(path, now)
         if not scopes:
-            return amount
+            return Admission(amount)
+        deadline, run = await self._deadline(scopes, now)
+        return Admission(
+            await self._hold_or_lease(request_id, scopes, amount, price, now), deadline, run
+        )
+
+    async def _hold_or_lease(
+        self, request_id: str, scopes: list[Scope], amount: Amount, price: Pricing, now: float
+    ) -> Amount:
         # A hold outlives the longest a request may legitimately take.
         ttl = self.config.gateway.read_timeout_s * 4
         if now < self._valid_until and self._hold(request_id, scopes, amount, now, ttl):
@@ -211,6 +231,27 @@ class BudgetGate:
                 if self._hold(request_id, scopes, smaller, now, ttl):
                     return smaller
             raise _refusal(self._refused(scopes, results, amount, now))
+
+    async def _deadline(self, scopes: list[Scope], now: float) -> tuple[float | None, Scope | None]:
+        """When the run on the path runs out of wall time; a 429 if it has."""
+        run = scopes[-1]
+        budget = self._budget_of(run)
+        if run.kind != "run" or budget is None or budget.wall_time_s is None:
+            return None, None
+        started = self._run_started.get(run)
+        if started is None:
+            assert self._leases is not None, "budgets need the usage ledger"
+            started = await self._db(self._leases.run_started, str(run), now)
+            self._run_started[run] = started
+        deadline = started + budget.wall_time_s
+        if now >= deadline:
+            raise wall_time_refusal(run, budget.wall_time_s, started)
+        return deadline, run
+
+    def wall_time_of(self, run: Scope) -> float:
+        budget = self._budget_of(run)
+        assert budget is not None and budget.wall_time_s is not None
+        return budget.wall_time_s
 
     def settle(self, request_id: str, path: ChargePath, actual: Amount, now: float) -> Charge:
         """Replace a request's hold by what it used; returns what the ledger must record."""
@@ -259,6 +300,7 @@ class BudgetGate:
                 account = self.book.accounts.get(scope)
                 if now - self._last_used[scope] > _IDLE_EVICT_S and not (account and account.held):
                     self.book.accounts.pop(scope, None)
+                    self._run_started.pop(scope, None)
                     del self._last_used[scope]
                     forgotten.append(str(scope))
             if forgotten:
@@ -422,6 +464,23 @@ class BudgetGate:
         if scope.kind == "workflow":
             return tenant.workflow_budget
         return tenant.run_budget
+
+
+def wall_time_refusal(run: Scope, wall_time_s: float, started: float) -> OpenAIError:
+    """A run past its wall time: before a request, or when one is cut at the deadline."""
+    return OpenAIError(
+        429,
+        f"Budget of {run} exhausted: its wall time of {wall_time_s:g} s, counted from its "
+        f"first request at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started))}, "
+        "is over.",
+        "budget_exceeded",
+        headers={
+            "x-inferplane-budget-scope": str(run),
+            "x-inferplane-budget-dimension": "wall_time_s",
+            "x-inferplane-budget-remaining": "0",
+            "x-should-retry": "false",
+        },
+    )
 
 
 def _refusal(refused: Refused) -> OpenAIError:

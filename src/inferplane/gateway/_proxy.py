@@ -26,7 +26,7 @@ from starlette.responses import Response
 from inferplane.asgi import EventStreamResponse
 from inferplane.config import Backend, Model, Pricing
 from inferplane.gateway._auth import Principal
-from inferplane.gateway._budgets import BudgetGate, ChargePath
+from inferplane.gateway._budgets import BudgetGate, ChargePath, wall_time_refusal
 from inferplane.gateway._upstream import (
     Upstream,
     UpstreamConnectError,
@@ -35,7 +35,7 @@ from inferplane.gateway._upstream import (
     UpstreamTimeout,
 )
 from inferplane.ledger import Charge, Ledger, LedgerWriteError, UsageEvent
-from inferplane.policy import Amount, RoundRobin
+from inferplane.policy import Amount, RoundRobin, Scope
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import (
     DONE,
@@ -87,6 +87,8 @@ class Exchange:
     price: Pricing
     held: Amount | None = None  # the worst case held on budgets, None when unbudgeted
     output_cap: int | None = None  # max_tokens lowered to fit a budget (a partial grant)
+    deadline: float | None = None  # unix time its run's wall-time budget runs out
+    deadline_scope: Scope | None = None
     arrival: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     backend: str | None = None
@@ -95,6 +97,7 @@ class Exchange:
     output_tokens: int | None = None
     ttft_s: float | None = None
     error_type: str | None = None
+    charge_held: bool = False  # cut before its usage was known: charge the worst case held
     settled: bool = False
 
 
@@ -162,18 +165,27 @@ class Proxy:
                 if not (isinstance(options, dict) and options.get("include_usage") is True):
                     hide_usage = True
                     body["stream_options"] = {**(options or {}), "include_usage": True}
-            resp, backend = await self._send(route, path, body, raw, rewrite=hide_usage)
-            ex.backend = backend.label
-            if resp.status >= 400:
-                raise await _upstream_refusal(resp, backend)
-            if stream and resp.content_type == "text/event-stream":
-                streamed = True
-                return EventStreamResponse(
-                    self._relay(resp, ex, hide_usage),
-                    headers=SSE_HEADERS,
-                    on_abandon=lambda: self._abandon(resp, ex),
-                )
-            payload = await resp.read()
+            resp: UpstreamResponse | None = None
+            try:
+                async with _until(ex.deadline):
+                    resp, backend = await self._send(route, path, body, raw, rewrite=hide_usage)
+                    ex.backend = backend.label
+                    if resp.status >= 400:
+                        raise await _upstream_refusal(resp, backend)
+                    if stream and resp.content_type == "text/event-stream":
+                        streamed = True
+                        return EventStreamResponse(
+                            self._relay(resp, ex, hide_usage),
+                            headers=SSE_HEADERS,
+                            on_abandon=lambda: self._abandon(resp, ex),
+                        )
+                    payload = await resp.read()
+            except TimeoutError:
+                # The run's wall time ran out while the backend worked: stop it, charge
+                # what was held (how much it generated is unknown), refuse.
+                if resp is not None:
+                    resp.close()
+                raise self._out_of_time(ex) from None
             _read_usage(payload, ex)
         except OpenAIError as exc:
             ex.status, ex.error_type = exc.status, exc.code
@@ -201,6 +213,12 @@ class Proxy:
         return Response(
             payload, media_type=resp.content_type or "application/json", headers=headers
         )
+
+    def _out_of_time(self, ex: Exchange) -> OpenAIError:
+        assert ex.deadline is not None and ex.deadline_scope is not None
+        budget = self.gate.wall_time_of(ex.deadline_scope)
+        ex.charge_held = True
+        return wall_time_refusal(ex.deadline_scope, budget, ex.deadline - budget)
 
     def _abandon(self, resp: UpstreamResponse, ex: Exchange) -> None:
         """The client left before its stream began: stop the backend, settle what is known."""
@@ -245,8 +263,9 @@ class Proxy:
         done = False
         decoder = SSEDecoder()
         pieces = resp.chunks()
+        source = pieces if ex.deadline is None else _pieces_until(pieces, ex.deadline)
         try:
-            async for piece in pieces:
+            async for piece in source:
                 out: list[bytes] = []
                 for event in decoder.feed(piece):
                     data = sse_payload(event)
@@ -278,7 +297,11 @@ class Proxy:
                         yield error_event(str(exc), "ledger_unavailable")
                         return
                     if ex.output_cap is not None and (ex.output_tokens or 0) >= ex.output_cap:
-                        yield _budget_stop_event(ex)
+                        yield _budget_stop_event(
+                            ex,
+                            "The budget of this request's tenant, key, workflow or run allowed "
+                            f"{ex.output_cap} output tokens; the answer stops there.",
+                        )
                     yield DONE
                     await _finish_quietly(pieces)
                     return
@@ -288,6 +311,21 @@ class Proxy:
             yield error_event(
                 "The model server ended the stream before it was complete.", ex.error_type
             )
+        except _DeadlineReached:
+            # The run's wall time is over: stop the backend, end the stream as if the
+            # output had hit its length, say why, and account what was streamed.
+            resp.close()
+            watch.finish()
+            yield _length_event(ex) + _budget_stop_event(
+                ex,
+                f"The wall time of {ex.deadline_scope} ran out; the answer stops there.",
+            )
+            try:
+                await self._settle(ex)
+            except LedgerWriteError as exc:
+                yield error_event(str(exc), "ledger_unavailable")
+                return
+            yield DONE
         except UpstreamError as exc:
             ex.error_type = (
                 "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_disconnected"
@@ -373,9 +411,8 @@ async def _finish_quietly(pieces: AsyncIterator[bytes]) -> None:
                 pass
 
 
-def _budget_stop_event(ex: Exchange) -> bytes:
-    """Why a stream ended early, as a chunk the openai client accepts: no choices (like the
-    usage chunk), the explanation in an extra field (``chunk.model_extra``)."""
+def _chunk(ex: Exchange, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    """A stream event of the gateway's own, shaped as the backend's are."""
     chat = ex.operation == "chat"
     return sse_data(
         {
@@ -383,21 +420,58 @@ def _budget_stop_event(ex: Exchange) -> bytes:
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(ex.arrival),
             "model": ex.model,
-            "choices": [],
-            "inferplane": {
-                "stopped_by": "budget",
-                "output_tokens_granted": ex.output_cap,
-                "message": "The budget of this request's tenant, key, workflow or run allowed "
-                f"{ex.output_cap} output tokens; the answer stops there.",
-            },
+            "choices": choices,
+            **extra,
         }
     )
+
+
+def _length_event(ex: Exchange) -> bytes:
+    """The last content event of a stream the gateway cut: finish_reason ``length``."""
+    if ex.operation == "chat":
+        return _chunk(ex, [{"index": 0, "delta": {}, "finish_reason": "length"}])
+    return _chunk(ex, [{"index": 0, "text": "", "finish_reason": "length"}])
+
+
+def _budget_stop_event(ex: Exchange, message: str) -> bytes:
+    """Why a stream ended early, as a chunk the openai client accepts: no choices (like the
+    usage chunk), the explanation in an extra field (``chunk.model_extra``)."""
+    stop = {"stopped_by": "budget", "output_tokens_granted": ex.output_cap, "message": message}
+    return _chunk(ex, [], inferplane=stop)
+
+
+class _DeadlineReached(Exception):
+    """A run's wall-time budget ran out while its request streamed."""
+
+
+async def _pieces_until(pieces: AsyncIterator[bytes], deadline: float) -> AsyncIterator[bytes]:
+    """``pieces`` until the unix time ``deadline``, then ``_DeadlineReached``."""
+    while True:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            raise _DeadlineReached
+        try:
+            piece = await asyncio.wait_for(anext(pieces), remaining)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise _DeadlineReached from None
+        yield piece
+
+
+def _until(deadline: float | None) -> contextlib.AbstractAsyncContextManager[object]:
+    """A timeout at the unix time ``deadline``; nothing when None."""
+    if deadline is None:
+        return contextlib.nullcontext()
+    return asyncio.timeout(deadline - time.time())
 
 
 def _actual_usage(ex: Exchange) -> Amount:
     """What a request is charged: what it used when a backend answered (status < 400,
     streams cut short included), nothing when none did. A backend that answered but
     reported no usage is charged the prompt as counted at the door."""
+    if ex.charge_held and ex.held is not None:
+        return ex.held
     if ex.backend is None or ex.status >= 400:
         return Amount()
     input_tokens = ex.input_tokens

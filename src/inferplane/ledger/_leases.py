@@ -169,6 +169,25 @@ class LeaseStore:
             self._rollback(db)
             raise
 
+    def run_started(self, scope: str, now: float) -> float:
+        """When the run ``scope`` began: the first time any process asked, ``now`` if
+        this is the first time."""
+        db = self._transaction()
+        try:
+            db.execute(
+                "INSERT INTO budget_runs (scope, started_at) VALUES (?, ?) "
+                "ON CONFLICT (scope) DO NOTHING",
+                (scope, now),
+            )
+            (started,) = db.execute(
+                "SELECT started_at FROM budget_runs WHERE scope = ?", (scope,)
+            ).fetchone()
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback(db)
+            raise
+        return float(started)
+
     def forget(self, holder: str, scopes: Sequence[str]) -> None:
         """Drop the leases of scopes the holder no longer serves."""
         db = self._transaction()

@@ -45,7 +45,8 @@ _MIGRATIONS = (
     );
     """,
     # Budgets shared by gateway processes: spend per scope and hour (updated in the
-    # same transaction as the usage rows), and the budget each process has leased.
+    # same transaction as the usage rows), the budget each process has leased, and
+    # when each run began (for wall-time budgets).
     """
     CREATE TABLE budget_spend (
         scope TEXT NOT NULL,
@@ -79,6 +80,10 @@ _MIGRATIONS = (
         PRIMARY KEY (scope, holder)
     );
     CREATE INDEX budget_leases_holder ON budget_leases (holder);
+    CREATE TABLE budget_runs (
+        scope TEXT PRIMARY KEY,
+        started_at {float} NOT NULL
+    );
     INSERT INTO budget_spend
         SELECT scope, hour, SUM(i), SUM(o), SUM(c), 0, SUM(m), SUM(w) FROM (
             SELECT 'tenant:' || tenant AS scope, {hour_of_time} AS hour,
