@@ -100,3 +100,16 @@ def test_backend_defaults() -> None:
     assert backend.url == "http://10.0.0.5:8000"
     assert backend.label == "10.0.0.5:8000"
     assert backend.engine is EngineKind.OPENAI
+
+
+def test_cached_prompt_tokens_have_their_own_price() -> None:
+    from decimal import Decimal
+
+    from inferplane.config import Pricing
+
+    price = Pricing(
+        input_per_1m=Decimal("0.5"), output_per_1m=Decimal(2), cached_input_per_1m=Decimal("0.05")
+    )
+    # 1000 prompt tokens of which 800 cached, 100 output: 200*0.5 + 800*0.05 + 100*2 = 340.
+    assert price.cost_micros(1000, 100, cached_tokens=800) == 340
+    assert Pricing(input_per_1m=Decimal("0.5")).cost_micros(1000, 0, cached_tokens=800) == 500

@@ -239,8 +239,13 @@ def test_every_forwarded_request_is_recorded_in_the_ledger(
     assert (first["tenant"], first["key_name"], first["model"]) == ("tenant-a", "a", MODEL)
     assert (first["status"], first["output_tokens"], first["operation"]) == (200, 5, "chat")
     assert first["input_tokens"] == whole.parse().usage.prompt_tokens
+    assert (first["finish_reason"], first["retries"]) == ("length", 0)
     second = by_id[streamed.headers["x-request-id"]]
-    assert (second["status"], second["output_tokens"]) == (200, 9)
+    assert (second["status"], second["output_tokens"], second["finish_reason"]) == (
+        200,
+        9,
+        "length",
+    )
     assert second["ttft_s"] is not None and second["ttft_s"] <= second["duration_s"]
     refused = [r for r in rows if r["status"] == 400]
     assert len(refused) == 1 and refused[0]["error_type"] == "context_length_exceeded"

@@ -97,10 +97,21 @@ class Pricing(_Strict):
 
     input_per_1m: Decimal = Field(Decimal(0), ge=0)
     output_per_1m: Decimal = Field(Decimal(0), ge=0)
+    # Prompt tokens the server found in its prefix cache; the input price when unset.
+    cached_input_per_1m: Decimal | None = Field(None, ge=0)
 
-    def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
-        """Exact cost in micro-dollars, rounded up to a whole micro-dollar per request."""
-        cost = self.input_per_1m * input_tokens + self.output_per_1m * output_tokens
+    def cost_micros(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:
+        """Exact cost in micro-dollars, rounded up to a whole micro-dollar per request.
+        ``cached_tokens`` are the part of ``input_tokens`` served from the prefix cache."""
+        cached = min(cached_tokens, input_tokens)
+        cached_price = (
+            self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
+        )
+        cost = (
+            self.input_per_1m * (input_tokens - cached)
+            + cached_price * cached
+            + self.output_per_1m * output_tokens
+        )
         return math.ceil(cost)
 
 

@@ -95,6 +95,9 @@ class Exchange:
     status: int = 200
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_tokens: int | None = None
+    finish_reason: str | None = None
+    retries: int = 0
     ttft_s: float | None = None
     error_type: str | None = None
     charge_held: bool = False  # cut before its usage was known: charge the worst case held
@@ -148,6 +151,9 @@ class Proxy:
                 duration_s=duration,
                 calls=actual.calls,
                 cost_micros=actual.cost_micros,
+                cached_tokens=ex.cached_tokens,
+                finish_reason=ex.finish_reason,
+                retries=ex.retries,
             ),
             charge,
         )
@@ -316,6 +322,7 @@ class Proxy:
             # output had hit its length, say why, and account what was streamed.
             resp.close()
             watch.finish()
+            ex.finish_reason = "length"
             yield _length_event(ex) + _budget_stop_event(
                 ex,
                 f"The wall time of {ex.deadline_scope} ran out; the answer stops there.",
@@ -373,7 +380,12 @@ class _StreamWatch:
         if not (data.startswith(b"{") and data.endswith(b"}")):
             self.ex.error_type = "upstream_malformed_stream"
             return _Verdict.MALFORMED
-        if self.ex.ttft_s is not None and b'"usage"' not in data and b'"error"' not in data:
+        if (
+            self.ex.ttft_s is not None
+            and b'"usage"' not in data
+            and b'"error"' not in data
+            and (b'"finish_reason":null' in data or b'"finish_reason": null' in data)
+        ):
             self.num_content_events += 1
             return _Verdict.FORWARD
         try:
@@ -390,6 +402,7 @@ class _StreamWatch:
         if isinstance(usage, dict):
             _take_usage(usage, self.ex)
         choices = chunk.get("choices")
+        _take_finish(choices, self.ex)
         if not choices:
             return _Verdict.DROP if self.hide_usage and usage is not None else _Verdict.FORWARD
         if _delta_text(choices[0]):
@@ -482,7 +495,7 @@ def _actual_usage(ex: Exchange) -> Amount:
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         calls=1,
-        cost_micros=ex.price.cost_micros(input_tokens, output_tokens),
+        cost_micros=ex.price.cost_micros(input_tokens, output_tokens, ex.cached_tokens or 0),
     )
 
 
@@ -503,6 +516,16 @@ def _take_usage(usage: dict[str, Any], ex: Exchange) -> None:
         ex.input_tokens = prompt
     if isinstance(completion, int):
         ex.output_tokens = completion
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and isinstance(cached := details.get("cached_tokens"), int):
+        ex.cached_tokens = cached
+
+
+def _take_finish(choices: Any, ex: Exchange) -> None:
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        if isinstance(reason, str):
+            ex.finish_reason = reason
 
 
 def _read_usage(payload: bytes, ex: Exchange) -> None:
@@ -513,8 +536,10 @@ def _read_usage(payload: bytes, ex: Exchange) -> None:
         raise OpenAIError(
             502, "The model server sent a response that is not JSON.", "upstream_malformed_response"
         ) from None
-    if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
-        _take_usage(obj["usage"], ex)
+    if isinstance(obj, dict):
+        if isinstance(obj.get("usage"), dict):
+            _take_usage(obj["usage"], ex)
+        _take_finish(obj.get("choices"), ex)
 
 
 async def _upstream_refusal(resp: UpstreamResponse, backend: Backend) -> OpenAIError:

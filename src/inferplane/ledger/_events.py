@@ -26,5 +26,9 @@ class UsageEvent:
     output_tokens: int | None
     ttft_s: float | None
     duration_s: float
-    calls: int  # model calls that reached a backend (0 or 1 until retries exist)
+    calls: int  # model calls that reached a backend (0 or 1)
     cost_micros: int  # US dollars x 1e6, from the model's price
+    cached_tokens: int | None = None  # prompt tokens served from the prefix cache
+    finish_reason: str | None = None  # stop, length, ... as the answer ended
+    retries: int = 0  # attempts on other backends after the first failed
+    slo_class: str | None = None

@@ -44,10 +44,15 @@ _MIGRATIONS = (
         updated_at {float} NOT NULL
     );
     """,
-    # Budgets shared by gateway processes: spend per scope and hour (updated in the
-    # same transaction as the usage rows), the budget each process has leased, and
-    # when each run began (for wall-time budgets).
+    # More of each request (cached tokens, finish reason, retries, SLO class), and budgets
+    # shared by gateway processes: spend per scope and hour (updated in the same
+    # transaction as the usage rows), the budget each process has leased, and when
+    # each run began (for wall-time budgets).
     """
+    ALTER TABLE usage_events ADD COLUMN cached_tokens {int};
+    ALTER TABLE usage_events ADD COLUMN finish_reason TEXT;
+    ALTER TABLE usage_events ADD COLUMN retries {int} NOT NULL DEFAULT 0;
+    ALTER TABLE usage_events ADD COLUMN slo_class TEXT;
     CREATE TABLE budget_spend (
         scope TEXT NOT NULL,
         hour {int} NOT NULL,
