@@ -108,6 +108,7 @@ def start_gateway(
         database_url: str | None = None,
         port: int | None = None,
         lease_ttl_s: float = 30.0,
+        backend_cooldown_s: float = 30.0,
     ) -> Gateway:
         port = port or launcher.free_port()
         data_dir = data_dir or workdir / f"data-{port}"
@@ -124,7 +125,7 @@ gateway:
   port: {port}
   read_timeout_s: 3
   max_body_bytes: 65536
-  backend_cooldown_s: 30
+  backend_cooldown_s: {backend_cooldown_s}
   lease_ttl_s: {lease_ttl_s}
 admin_key_sha256: {hash_key(ADMIN_KEY)}
 models:

@@ -250,3 +250,25 @@ def test_a_run_past_its_wall_time_is_cut_and_then_refused(
     assert rows["r2"]["status"] == 429 and int(rows["r2"]["calls"]) == 1  # type: ignore[call-overload]
     cut_stream = [r for r in ledger_rows(gateway, expected=3) if r["output_tokens"] == streamed]
     assert len(cut_stream) == 1 and cut_stream[0]["status"] == 200
+
+
+def test_failover_retries_are_counted_and_bounded_by_the_run_budget(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    dead = f"http://127.0.0.1:{launcher.free_port()}"  # refuses connections
+    gateway = start_gateway(
+        [dead, replica.url], tenant_a="run_budget: {retries: 1}", backend_cooldown_s=0
+    )
+    # Round robin comes back to the dead backend first each time: every request needs
+    # one retry, and the run's budget has one.
+    ask(gateway, run="r1")
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(gateway, run="r1")
+    assert refused.value.response.headers["x-inferplane-budget-dimension"] == "retries"
+    ask(gateway, run="r2")  # another run has its own retries
+    rows = ledger_rows(gateway, expected=3)
+    assert sorted((r["run"], r["status"], r["retries"]) for r in rows) == [  # type: ignore[type-var]
+        ("r1", 200, 1),
+        ("r1", 429, 0),
+        ("r2", 200, 1),
+    ]

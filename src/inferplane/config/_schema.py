@@ -131,6 +131,8 @@ class Budget(_Strict):
     output_tokens: int | None = Field(None, ge=0)
     total_tokens: int | None = Field(None, ge=0)
     calls: int | None = Field(None, ge=0)
+    # Attempts on another backend after one failed (failover), when budgeted.
+    retries: int | None = Field(None, ge=0)
     cost_usd: Decimal | None = Field(None, ge=0, le=Decimal(10) ** 9)
     # Runs only: how long a run may last from its first request (an agent loop's deadline).
     wall_time_s: float | None = Field(None, gt=0, le=10**9)
@@ -142,6 +144,7 @@ class Budget(_Strict):
             output_tokens=self.output_tokens,
             total_tokens=self.total_tokens,
             calls=self.calls,
+            retries=self.retries,
             cost_micros=None if self.cost_usd is None else math.floor(self.cost_usd * 10**6),
         )
 

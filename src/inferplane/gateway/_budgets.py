@@ -143,6 +143,7 @@ class BudgetGate:
         self._next_heartbeat = -math.inf
         self._last_used: dict[Scope, float] = {}
         self._run_started: dict[Scope, float] = {}  # runs with a wall-time budget
+        self._retry_holds: dict[str, list[str]] = {}  # request id -> holds of its retries
         self._lock = asyncio.Lock()  # one lease conversation at a time
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="budget-leases")
 
@@ -248,6 +249,21 @@ class BudgetGate:
             raise wall_time_refusal(run, budget.wall_time_s, started)
         return deadline, run
 
+    async def retry(self, request_id: str, path: ChargePath, now: float) -> None:
+        """Hold one more retry for a request about to try another backend; a 429 when
+        a budget on its path has no retry left."""
+        scopes = self._open(path, now)
+        holds = self._retry_holds.setdefault(request_id, [])
+        hold_id = f"{request_id}/retry{len(holds) + 1}"
+        one = Amount(retries=1)
+        try:
+            await self._hold_or_lease(hold_id, scopes, one, Pricing(), now)
+        except OpenAIError:
+            if not holds:
+                del self._retry_holds[request_id]
+            raise
+        holds.append(hold_id)
+
     def wall_time_of(self, run: Scope) -> float:
         budget = self._budget_of(run)
         assert budget is not None and budget.wall_time_s is not None
@@ -256,6 +272,8 @@ class BudgetGate:
     def settle(self, request_id: str, path: ChargePath, actual: Amount, now: float) -> Charge:
         """Replace a request's hold by what it used; returns what the ledger must record."""
         accounts = self.book.accounts
+        for hold_id in self._retry_holds.pop(request_id, ()):
+            self.book.settle(hold_id, path.scopes, Amount(), now)  # ``actual`` counts them
         self.book.settle(request_id, path.scopes, actual, now)
         leased = tuple(n for s, n in zip(path.scopes, path.names, strict=True) if s in accounts)
         return Charge(actual, path.names, self.holder, leased)

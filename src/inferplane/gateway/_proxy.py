@@ -174,7 +174,7 @@ class Proxy:
             resp: UpstreamResponse | None = None
             try:
                 async with _until(ex.deadline):
-                    resp, backend = await self._send(route, path, body, raw, rewrite=hide_usage)
+                    resp, backend = await self._send(route, path, body, raw, ex, rewrite=hide_usage)
                     ex.backend = backend.label
                     if resp.status >= 400:
                         raise await _upstream_refusal(resp, backend)
@@ -234,12 +234,24 @@ class Proxy:
             self._settle(ex)
 
     async def _send(
-        self, route: ModelRoute, path: str, body: dict[str, Any], raw: bytes, *, rewrite: bool
+        self,
+        route: ModelRoute,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        ex: Exchange,
+        *,
+        rewrite: bool,
     ) -> tuple[UpstreamResponse, Backend]:
-        """POST to the first backend that accepts a connection."""
+        """POST to the first backend that accepts a connection; each further attempt is a
+        retry, charged to the request's budgets (which may refuse it)."""
         tried: set[int] = set()
         last: UpstreamConnectError | None = None
         while (i := route.router.choose(time.monotonic(), frozenset(tried))) is not None:
+            if tried:
+                if ex.held is not None:
+                    await self.gate.retry(ex.request_id, ex.charge, time.time())
+                ex.retries += 1
             tried.add(i)
             backend = route.backends[i]
             payload = raw
@@ -484,9 +496,9 @@ def _actual_usage(ex: Exchange) -> Amount:
     streams cut short included), nothing when none did. A backend that answered but
     reported no usage is charged the prompt as counted at the door."""
     if ex.charge_held and ex.held is not None:
-        return ex.held
+        return ex.held + Amount(retries=ex.retries)
     if ex.backend is None or ex.status >= 400:
-        return Amount()
+        return Amount(retries=ex.retries)
     input_tokens = ex.input_tokens
     if input_tokens is None:
         input_tokens = ex.held.input_tokens if ex.held is not None else 0
@@ -495,6 +507,7 @@ def _actual_usage(ex: Exchange) -> Amount:
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         calls=1,
+        retries=ex.retries,
         cost_micros=ex.price.cost_micros(input_tokens, output_tokens, ex.cached_tokens or 0),
     )
 
