@@ -92,6 +92,7 @@ def start_gateway(
     """Start a gateway whose one model is served by ``backend_urls``.
 
     ``tenant_a`` adds YAML lines to tenant-a (budgets); ``model`` to the model (price);
+    ``backend`` to each backend;
     ``top`` to the top level;
     ``data_dir`` reuses a ledger, to restart a gateway on the same state;
     ``database_url`` puts the ledger in PostgreSQL; ``port`` picks the port.
@@ -109,13 +110,17 @@ def start_gateway(
         port: int | None = None,
         lease_ttl_s: float = 30.0,
         backend_cooldown_s: float = 30.0,
+        backend: str = "",
     ) -> Gateway:
         port = port or launcher.free_port()
         data_dir = data_dir or workdir / f"data-{port}"
         if database_url is not None:
             top += f"\ndatabase_url: {database_url}"
         database = Database(database_url or str(data_dir / LEDGER_FILE))
-        backends = "\n".join(f"      - url: {url}\n        engine: vllm" for url in backend_urls)
+        extra = f"\n        {backend}" if backend else ""
+        backends = "\n".join(
+            f"      - url: {url}\n        engine: vllm{extra}" for url in backend_urls
+        )
         config = workdir / f"gateway-{port}.yaml"
         config.write_text(
             f"""

@@ -131,3 +131,24 @@ def test_a_gateway_without_ledger_says_so(
     refused = get_usage(gateway.url, KEY)
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "ledger_disabled"
     assert not (gateway.data_dir / "ledger.sqlite3").exists()
+
+
+def test_a_self_hosted_model_charges_the_replica_hours_it_used(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway(
+        [start_emulator(time_scale=5.0).url],
+        model="pricing: per_hour",
+        backend="price_per_hour: 36.0",  # a cent a second
+    )
+    reply = client(gateway.url).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=200,
+        extra_body={"ignore_eos": True},
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 200
+    (row,) = ledger_rows(gateway, expected=1)
+    # Alone on its replica, the request pays for the time it held it.
+    seconds = float(row["duration_s"])  # type: ignore[arg-type]
+    assert int(row["cost_micros"]) == pytest.approx(10_000 * seconds, rel=0.1)  # type: ignore[call-overload]

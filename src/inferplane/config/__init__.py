@@ -10,6 +10,7 @@ from inferplane.config._schema import (
     GatewaySettings,
     Model,
     Pricing,
+    PricingMode,
     Tenant,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "GatewaySettings",
     "Model",
     "Pricing",
+    "PricingMode",
     "Tenant",
     "default_config_text",
     "load_config",

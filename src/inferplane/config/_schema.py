@@ -21,6 +21,7 @@ __all__ = [
     "EngineKind",
     "GatewaySettings",
     "Model",
+    "PricingMode",
     "Tenant",
 ]
 
@@ -65,6 +66,9 @@ class Backend(_Strict):
     gpu: str | None = None  # catalogue name; required for emulated backends
     tp: int = Field(1, ge=1, le=64)
     price_per_hour: float | None = Field(None, ge=0)
+    # Sustained throughput (output + weighted input tokens per busy second), as measured
+    # by a load test: the starting point of per_hour pricing's own measurement.
+    throughput_tokens_per_s: float | None = Field(None, gt=0)
     api_key_env: str | None = None  # environment variable holding the backend's key
     time_scale: float = Field(1.0, gt=0)  # emulated only: engine seconds per wall second
 
@@ -115,13 +119,31 @@ class Pricing(_Strict):
         return math.ceil(cost)
 
 
+class PricingMode(StrEnum):
+    PER_TOKEN = "per_token"  # API-style prices per 1M tokens (``price``)
+    PER_HOUR = "per_hour"  # self-hosted: each backend's price_per_hour, by measured throughput
+
+
 class Model(_Strict):
     backends: list[Backend] = Field(min_length=1)
     # Catalogue model the backends run (for the perf model); defaults to the logical name.
     catalogue: str | None = None
+    pricing: PricingMode = PricingMode.PER_TOKEN
     price: Pricing = Pricing()
+    # per_hour: what a prompt token costs relative to a generated one.
+    input_token_weight: Decimal = Field(Decimal("0.25"), ge=0, le=10)
     # What a request without max_tokens is assumed to generate at most, for budgets.
     max_output_tokens: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _hourly_prices(self) -> Model:
+        if self.pricing is PricingMode.PER_HOUR:
+            missing = [b.label for b in self.backends if b.price_per_hour is None]
+            if missing:
+                raise ValueError(f"pricing per_hour needs price_per_hour on backends {missing}")
+            if self.price != Pricing():
+                raise ValueError("pricing per_hour derives prices: remove 'price'")
+        return self
 
 
 class Budget(_Strict):

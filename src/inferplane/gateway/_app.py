@@ -181,12 +181,13 @@ class Gateway:
             operation=operation,
             labels=self.metrics.labels(model, operation, principal.tenant),
             charge=self.gate.path(principal.tenant, principal.key_name, request.headers),
-            price=model_config.price,
+            price=route.price(model_config),
+            hourly=route.hourly,
         )
         if self.gate.is_budgeted(principal.tenant, principal.key_name):
-            worst = worst_case(body, operation, model_config)
+            worst = worst_case(body, operation, model_config, exchange.price)
             admission = await self.gate.reserve(
-                exchange.request_id, exchange.charge, worst, model_config.price, time.time()
+                exchange.request_id, exchange.charge, worst, exchange.price, time.time()
             )
             held = exchange.held = admission.held
             exchange.deadline, exchange.deadline_scope = (

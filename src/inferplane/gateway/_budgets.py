@@ -103,7 +103,7 @@ def _header_id(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
-def worst_case(body: dict[str, Any], operation: str, model: Model) -> Amount:
+def worst_case(body: dict[str, Any], operation: str, model: Model, price: Pricing) -> Amount:
     """The most a request can use: its prompt, counted, and all the output it may ask for."""
     if operation == "chat":
         messages = body.get("messages")
@@ -123,7 +123,7 @@ def worst_case(body: dict[str, Any], operation: str, model: Model) -> Amount:
         input_tokens=prompt,
         output_tokens=output,
         calls=1,
-        cost_micros=model.price.cost_micros(prompt, output),
+        cost_micros=price.cost_micros(prompt, output),
     )
 
 

@@ -24,9 +24,10 @@ import orjson
 from starlette.responses import Response
 
 from inferplane.asgi import EventStreamResponse
-from inferplane.config import Backend, Model, Pricing
+from inferplane.config import Backend, Model, Pricing, PricingMode
 from inferplane.gateway._auth import Principal
 from inferplane.gateway._budgets import BudgetGate, ChargePath, wall_time_refusal
+from inferplane.gateway._pricing import HourlyPricing
 from inferplane.gateway._upstream import (
     Upstream,
     UpstreamConnectError,
@@ -62,6 +63,7 @@ class ModelRoute:
     backends: list[Backend]
     router: RoundRobin
     auth_headers: list[dict[str, str]]
+    hourly: HourlyPricing | None  # self-hosted prices, for ``pricing: per_hour``
 
     @classmethod
     def from_config(cls, name: str, model: Model, cooldown_s: float) -> ModelRoute:
@@ -71,7 +73,13 @@ class ModelRoute:
             if backend.api_key_env and (secret := os.environ.get(backend.api_key_env)):
                 h["authorization"] = f"Bearer {secret}"
             headers.append(h)
-        return cls(name, model.backends, RoundRobin(len(model.backends), cooldown_s), headers)
+        hourly = HourlyPricing(model) if model.pricing is PricingMode.PER_HOUR else None
+        router = RoundRobin(len(model.backends), cooldown_s)
+        return cls(name, model.backends, router, headers, hourly)
+
+    def price(self, model: Model) -> Pricing:
+        """Per-token prices to hold a request's worst case with."""
+        return model.price if self.hourly is None else self.hourly.worst()
 
 
 @dataclass(slots=True)
@@ -85,6 +93,7 @@ class Exchange:
     labels: tuple[str, str, str]
     charge: ChargePath
     price: Pricing
+    hourly: HourlyPricing | None = None  # price from the answering replica's hour instead
     held: Amount | None = None  # the worst case held on budgets, None when unbudgeted
     output_cap: int | None = None  # max_tokens lowered to fit a budget (a partial grant)
     deadline: float | None = None  # unix time its run's wall-time budget runs out
@@ -128,6 +137,11 @@ class Proxy:
             output_tokens=ex.output_tokens,
             error_type=ex.error_type,
         )
+        if ex.hourly is not None and ex.backend is not None:
+            # Measure first: the very first request is priced at its own pace.
+            weighted = ex.hourly.weighted(ex.input_tokens or 0, ex.output_tokens or 0)
+            ex.hourly.meters[ex.backend].finished(time.monotonic(), weighted)
+            ex.price = ex.hourly.price(ex.backend, duration, weighted)
         actual = _actual_usage(ex)
         charge = Charge(actual, ex.charge.names)
         if ex.held is not None:
