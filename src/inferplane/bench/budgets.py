@@ -97,10 +97,12 @@ def run_budgets(
             "ignore_eos": True,
         }
     )
-    totals = {name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0} for name in gateways}
+    totals = {
+        name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0, "errors": 0} for name in gateways
+    }
     try:
         launcher.wait_healthy([engine, *gateways.values()])
-        echo(f"{'round':<7}{'gateway':<11}{'req/s':>8}{'cpu us/req':>12}")
+        echo(f"{'round':<7}{'gateway':<11}{'req/s':>8}{'cpu us/req':>12}{'errors':>8}")
         for r in range(rounds):
             for name, child in gateways.items():
                 port = int(child.url.rsplit(":", 1)[1])
@@ -123,18 +125,21 @@ def run_budgets(
                 t["requests"] += len(result.latencies_s)
                 t["seconds"] += duration_s
                 t["cpu_s"] += cpu / result.num_completed * len(result.latencies_s)
-                if result.errors:
-                    raise RuntimeError(f"{name}: {result.errors} requests failed")
+                t["errors"] += result.errors
                 echo(
                     f"{r + 1:<7}{name:<11}{result.requests_per_s:>8.0f}"
-                    f"{cpu / result.num_completed * 1e6:>12.0f}"
+                    f"{cpu / result.num_completed * 1e6:>12.0f}{result.errors:>8}"
                 )
     finally:
         launcher.stop_all([*gateways.values(), engine])
+    for name, t in totals.items():
+        if t["errors"]:
+            echo(f"warning: {t['errors']:.0f} requests to {name} failed; its log: {workdir}")
     summary = {
         name: {
             "requests_per_s": round(t["requests"] / t["seconds"], 1),
-            "cpu_us_per_request": round(t["cpu_s"] / t["requests"] * 1e6, 1),
+            "cpu_us_per_request": round(t["cpu_s"] / max(1, t["requests"]) * 1e6, 1),
+            "errors": int(t["errors"]),
         }
         for name, t in totals.items()
     }
