@@ -14,7 +14,16 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from .conftest import KEY, MODEL, Gateway, StartEmulator, StartGateway, client, ledger_rows
+from .conftest import (
+    ADMIN_KEY,
+    KEY,
+    MODEL,
+    Gateway,
+    StartEmulator,
+    StartGateway,
+    client,
+    ledger_rows,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +160,36 @@ def test_a_restarted_gateway_takes_back_its_predecessors_leases_at_once(
     for _ in range(4):
         ask(restarted)
     assert other.child.process.poll() is None
+
+
+def test_tenants_created_through_one_gateway_are_served_by_the_others(
+    start_emulator: StartEmulator, start_gateway: StartGateway, database_url: str | None
+) -> None:
+    replica = start_emulator(time_scale=50.0)
+    first = start_gateway([replica.url], database_url=database_url)
+    second = start_gateway([replica.url], database_url=database_url, data_dir=first.data_dir)
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    made = httpx.post(
+        first.url + "/v1/admin/tenants",
+        json={"name": "acme", "run_budget": {"calls": 1}},
+        headers=headers,
+    )
+    assert made.status_code == 201
+    key = httpx.post(
+        first.url + "/v1/admin/keys", json={"tenant": "acme", "name": "bot"}, headers=headers
+    ).json()["key"]
+    acme = client(second.url, key=key)
+    run = {"X-Inferplane-Run": "r1"}
+    for _ in range(50):  # the other gateway reads stored tenants every second
+        try:
+            acme.chat.completions.create(model=MODEL, messages=HI, max_tokens=2, extra_headers=run)
+            break
+        except openai.AuthenticationError:
+            time.sleep(0.1)
+    else:
+        pytest.fail("the second gateway never learned the new key")
+    # The run's budget (one call) is shared: the first gateway refuses the next call.
+    with pytest.raises(openai.RateLimitError):
+        client(first.url, key=key).chat.completions.create(
+            model=MODEL, messages=HI, max_tokens=2, extra_headers=run
+        )

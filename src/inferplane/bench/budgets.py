@@ -97,9 +97,7 @@ def run_budgets(
             "ignore_eos": True,
         }
     )
-    totals = {
-        name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0, "errors": 0} for name in gateways
-    }
+    totals = {name: {"requests": 0, "seconds": 0.0, "cpu_s": 0.0, "errors": 0} for name in gateways}
     try:
         launcher.wait_healthy([engine, *gateways.values()])
         echo(f"{'round':<7}{'gateway':<11}{'req/s':>8}{'cpu us/req':>12}{'errors':>8}")
