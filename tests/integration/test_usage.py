@@ -24,11 +24,12 @@ def get_usage(url: str, key: str, **params: str) -> httpx.Response:
 
 
 def test_usage_by_run_and_focus_export(
-    start_emulator: StartEmulator, start_gateway: StartGateway
+    start_emulator: StartEmulator, start_gateway: StartGateway, database_url: str | None
 ) -> None:
     gateway = start_gateway(
         [start_emulator(time_scale=50.0).url],
         model="price: {input_per_1m: 1, output_per_1m: 3}",
+        database_url=database_url,
     )
     for run, n in (("r1", 2), ("r2", 1)):
         for _ in range(n):
@@ -79,7 +80,7 @@ def test_usage_by_run_and_focus_export(
     assert sum(int(r["x_Requests"]) for r in rows) == 3
     assert {r["ServiceName"] for r in rows} == {"inferplane"}
     assert sum(float(r["BilledCost"]) for r in rows) == pytest.approx(
-        sum(e["cost_micros"] for e in events) / 10**6
+        sum(int(e["cost_micros"]) for e in events) / 10**6  # type: ignore[call-overload]
     )
     parquet = config.parent / "costs.parquet"
     subprocess.run(
