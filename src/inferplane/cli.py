@@ -563,11 +563,16 @@ def admin_create_key(
     tenant: Annotated[str, typer.Argument()],
     name: Annotated[str, typer.Argument()],
     budget: BudgetOption = None,
+    workflow: Annotated[
+        str | None, typer.Option(help="Workflow charged when a request names none.")
+    ] = None,
+    run: Annotated[str | None, typer.Option(help="Run charged when a request names none.")] = None,
     url: UrlOption = "http://127.0.0.1:8080",
     admin_key: AdminKeyOption = None,
 ) -> None:
     """Make an API key for a tenant; it is printed once and never stored."""
     body: dict[str, Any] = {"tenant": tenant, "name": name, **_budget_fields(budget=budget)}
+    body.update({k: v for k, v in {"workflow": workflow, "run": run}.items() if v is not None})
     made = _admin_call(url, admin_key, "/v1/admin/keys", body)
     console.print(f"key (shown once): {made['key']}", highlight=False)
 

@@ -160,3 +160,30 @@ def test_cli_creates_a_key_and_prints_it_once(shared: Gateway) -> None:
         text=True,
     )
     assert bad.returncode == 2 and "409" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_keys_default_workflow_and_run_are_charged_when_headers_name_none(
+    shared: Gateway,
+) -> None:
+    assert (
+        admin(shared, "/v1/admin/tenants", {"name": "bots", "run_budget": {"calls": 1}})
+    ).status_code == 201
+    made = admin(
+        shared,
+        "/v1/admin/keys",
+        {"tenant": "bots", "name": "nightly", "workflow": "etl", "run": "2026-11-23"},
+    )
+    assert made.status_code == 201
+    bot = client(shared.url, key=made.json()["key"])
+    bot.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as refused:
+        bot.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
+    assert refused.value.response.headers["x-inferplane-budget-scope"] == (
+        "run:bots/etl/2026-11-23"
+    )
+    # A header still wins over the key's default.
+    bot.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=2, extra_headers={"X-Inferplane-Run": "rerun"}
+    )
+    bad = admin(shared, "/v1/admin/keys", {"tenant": "bots", "name": "x", "run": "no spaces"})
+    assert bad.status_code == 400

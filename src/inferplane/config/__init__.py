@@ -2,6 +2,7 @@
 
 from inferplane.config._load import ConfigError, default_config_text, load_config, parse_config
 from inferplane.config._schema import (
+    RUN_ID,
     ApiKey,
     Backend,
     Budget,
@@ -11,10 +12,12 @@ from inferplane.config._schema import (
     Model,
     Pricing,
     PricingMode,
+    RunId,
     Tenant,
 )
 
 __all__ = [
+    "RUN_ID",
     "ApiKey",
     "Backend",
     "Budget",
@@ -25,6 +28,7 @@ __all__ = [
     "Model",
     "Pricing",
     "PricingMode",
+    "RunId",
     "Tenant",
     "default_config_text",
     "load_config",

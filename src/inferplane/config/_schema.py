@@ -22,11 +22,15 @@ __all__ = [
     "GatewaySettings",
     "Model",
     "PricingMode",
+    "RunId",
     "Tenant",
 ]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 Name = Annotated[str, Field(pattern=_NAME)]
+# Workflow and run ids: what the X-Inferplane-Workflow and -Run headers accept.
+RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+RunId = Annotated[str, Field(pattern=RUN_ID)]
 
 
 class _Strict(BaseModel):
@@ -176,6 +180,9 @@ class ApiKey(_Strict):
     sha256: str
     budget: Budget | None = None
     disabled: bool = False
+    # Charged when a request names none in its headers (a bot's key, say).
+    workflow: RunId | None = None
+    run: RunId | None = None
 
     @field_validator("sha256")
     @classmethod

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from inferplane.config import ApiKey, Budget, Tenant
+from inferplane.config import ApiKey, Budget, RunId, Tenant
 from inferplane.config._schema import Name
 from inferplane.gateway._auth import Registry, hash_key
 from inferplane.gateway._budgets import BudgetGate
@@ -63,6 +63,8 @@ class _NewKey(_Strict):
     tenant: Name
     name: Name
     budget: Budget | None = None
+    workflow: RunId | None = None
+    run: RunId | None = None
 
 
 class _KeyUpdate(_Strict):
@@ -70,6 +72,8 @@ class _KeyUpdate(_Strict):
     name: Name
     budget: Budget | None = None
     disabled: bool = False
+    workflow: RunId | None = None
+    run: RunId | None = None
 
 
 class AdminApi:
@@ -143,7 +147,13 @@ class AdminApi:
                 409, f"Tenant '{new.tenant}' has a key named '{new.name}' already.", "key_exists"
             )
         key = "sk-ip-" + secrets.token_urlsafe(32)
-        entry = ApiKey(name=new.name, sha256=hash_key(key), budget=new.budget)
+        entry = ApiKey(
+            name=new.name,
+            sha256=hash_key(key),
+            budget=new.budget,
+            workflow=new.workflow,
+            run=new.run,
+        )
         registry.put(new.tenant, tenant.model_copy(update={"keys": [*tenant.keys, entry]}))
         return JSONResponse(
             {

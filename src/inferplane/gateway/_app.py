@@ -180,7 +180,7 @@ class Gateway:
             model=model,
             operation=operation,
             labels=self.metrics.labels(model, operation, principal.tenant),
-            charge=self.gate.path(principal.tenant, principal.key_name, request.headers),
+            charge=self.gate.path(principal, request.headers),
             price=route.price(model_config),
             hourly=route.hourly,
         )

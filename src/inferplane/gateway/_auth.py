@@ -32,6 +32,8 @@ def hash_key(key: str) -> str:
 class Principal:
     tenant: str
     key_name: str
+    workflow: str | None = None  # the key's defaults, when a request's headers name none
+    run: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -77,7 +79,8 @@ class Registry:
             for key in tenant.keys:
                 if key.sha256 in by_digest:
                     raise ValueError(f"API key {key.name!r} of tenant {name!r} is not unique")
-                by_digest[key.sha256] = (Principal(name, key.name), key.disabled or tenant.disabled)
+                principal = Principal(name, key.name, key.workflow, key.run)
+                by_digest[key.sha256] = (principal, key.disabled or tenant.disabled)
         if self._config.admin_key_sha256:
             by_digest[self._config.admin_key_sha256] = (Principal(ADMIN_TENANT, "admin"), False)
         self._by_digest = by_digest

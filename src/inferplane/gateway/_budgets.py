@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from inferplane.config import Budget, Config, Model, Pricing
-from inferplane.gateway._auth import Registry
+from inferplane.config import RUN_ID, Budget, Config, Model, Pricing
+from inferplane.gateway._auth import Principal, Registry
 from inferplane.ledger import Charge, LeaseRequest, LeaseResult, LeaseStore
 from inferplane.perf import count_chat_tokens, count_text_tokens
 from inferplane.policy import (
@@ -58,7 +58,7 @@ __all__ = [
 
 WORKFLOW_HEADER = "x-inferplane-workflow"
 RUN_HEADER = "x-inferplane-run"
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_ID = re.compile(RUN_ID)
 # The least output worth answering with when a budget can no longer fit the worst case.
 MIN_PARTIAL_OUTPUT = 16
 # Leased budget a scope has not used for this long goes back to the pool.
@@ -167,10 +167,12 @@ class BudgetGate:
             self._leases.close()
         self._executor.shutdown()
 
-    def path(self, tenant: str, key_name: str, headers: Mapping[str, str]) -> ChargePath:
-        workflow = _header_id(headers, WORKFLOW_HEADER)
-        run = _header_id(headers, RUN_HEADER)
-        scopes = charge_scopes(tenant, key_name, workflow, run)
+    def path(self, principal: Principal, headers: Mapping[str, str]) -> ChargePath:
+        """The scopes a request is charged to: from its headers, else its key's defaults."""
+        workflow = _header_id(headers, WORKFLOW_HEADER) or principal.workflow
+        run = _header_id(headers, RUN_HEADER) or principal.run
+        tenant = principal.tenant
+        scopes = charge_scopes(tenant, principal.key_name, workflow, run)
         return ChargePath(workflow, run, scopes, tuple(map(str, scopes)))
 
     def is_budgeted(self, tenant: str, key_name: str) -> bool:
