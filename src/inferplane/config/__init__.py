@@ -13,6 +13,7 @@ from inferplane.config._schema import (
     Pricing,
     PricingMode,
     RunId,
+    SloClass,
     Tenant,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "Pricing",
     "PricingMode",
     "RunId",
+    "SloClass",
     "Tenant",
     "default_config_text",
     "load_config",

@@ -23,6 +23,7 @@ __all__ = [
     "Model",
     "PricingMode",
     "RunId",
+    "SloClass",
     "Tenant",
 ]
 
@@ -75,6 +76,9 @@ class Backend(_Strict):
     throughput_tokens_per_s: float | None = Field(None, gt=0)
     api_key_env: str | None = None  # environment variable holding the backend's key
     time_scale: float = Field(1.0, gt=0)  # emulated only: engine seconds per wall second
+    # Requests the gateway sends it at once; more wait in the gateway's queue, where
+    # priority and fairness apply. None: no limit, no queue.
+    max_concurrency: int | None = Field(None, ge=1, le=100_000)
 
     @field_validator("url")
     @classmethod
@@ -175,6 +179,21 @@ class Budget(_Strict):
         )
 
 
+class SloClass(_Strict):
+    """A class of traffic: its queue priority (0 first) and how long its requests may wait
+    in the gateway's queue before they are refused (429 slo_unattainable)."""
+
+    priority: int = Field(ge=0, le=100)
+    max_queue_s: float = Field(gt=0, le=86_400)
+
+
+DEFAULT_SLO_CLASSES = {
+    "realtime": SloClass(priority=0, max_queue_s=0.5),
+    "interactive": SloClass(priority=1, max_queue_s=2.0),
+    "batch": SloClass(priority=2, max_queue_s=600.0),
+}
+
+
 class ApiKey(_Strict):
     name: Name
     sha256: str
@@ -183,6 +202,7 @@ class ApiKey(_Strict):
     # Charged when a request names none in its headers (a bot's key, say).
     workflow: RunId | None = None
     run: RunId | None = None
+    slo_class: Name | None = None
 
     @field_validator("sha256")
     @classmethod
@@ -194,6 +214,8 @@ class ApiKey(_Strict):
 
 class Tenant(_Strict):
     disabled: bool = False
+    # Its share of a class's capacity against other tenants when they compete.
+    weight: float = Field(1.0, gt=0, le=1000)
     keys: list[ApiKey] = Field(default_factory=list)
     # Logical models this tenant may call; None allows all.
     models: list[Name] | None = None
@@ -222,6 +244,10 @@ class Config(_Strict):
     # Off: no usage records, no budgets, no admin-created tenants (a stateless proxy).
     usage_ledger: bool = True
     admin_key_sha256: str | None = None
+    slo_classes: dict[Name, SloClass] = Field(default_factory=lambda: dict(DEFAULT_SLO_CLASSES))
+    default_slo_class: Name = "interactive"
+    # A queued request gains one priority level per this many seconds waited.
+    queue_aging_s: float = Field(10.0, gt=0)
     models: dict[Name, Model] = Field(min_length=1)
     tenants: dict[Name, Tenant] = Field(default_factory=dict)
 
@@ -252,6 +278,18 @@ class Config(_Strict):
             unknown = sorted(set(tenant.models or ()) - set(self.models))
             if unknown:
                 raise ValueError(f"tenant {tenant_name!r} allows unknown models {unknown}")
+        if self.default_slo_class not in self.slo_classes:
+            raise ValueError(
+                f"default_slo_class {self.default_slo_class!r} is not among slo_classes "
+                f"{sorted(self.slo_classes)}"
+            )
+        for tenant_name, tenant in self.tenants.items():
+            for key in tenant.keys:
+                if key.slo_class is not None and key.slo_class not in self.slo_classes:
+                    raise ValueError(
+                        f"key {key.name!r} of tenant {tenant_name!r} names unknown SLO class "
+                        f"{key.slo_class!r}"
+                    )
         if not self.usage_ledger:
             budgeted = [
                 name

@@ -24,6 +24,7 @@ from inferplane.gateway._auth import Principal, Registry
 from inferplane.gateway._budgets import BudgetGate, worst_case
 from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
+from inferplane.gateway._queue import CLASS_HEADER, ModelQueue
 from inferplane.gateway._upstream import Upstream
 from inferplane.ledger import (
     GROUPS,
@@ -68,6 +69,11 @@ class Gateway:
             for name, model in config.models.items()
         }
         self.metrics = GatewayMetrics(tuple(config.models), tuple(config.tenants))
+        self.queues = {
+            name: ModelQueue(config, name)
+            for name, model in config.models.items()
+            if any(b.max_concurrency is not None for b in model.backends)
+        }
         self._upstream = upstream
         self.proxy: Proxy | None = None
         self.gate: BudgetGate | None = None
@@ -172,6 +178,16 @@ class Gateway:
         if stream is not None and not isinstance(stream, bool):
             raise OpenAIError(400, "'stream' must be a boolean.", "invalid_value", param="stream")
         operation = _OPERATIONS[request.scope["path"]]
+        slo_class = request.headers.get(CLASS_HEADER) or principal.slo_class
+        slo_class = slo_class or self.config.default_slo_class
+        if slo_class not in self.config.slo_classes:
+            raise OpenAIError(
+                400,
+                f"Unknown SLO class {slo_class[:40]!r}; this gateway has "
+                f"{', '.join(sorted(self.config.slo_classes))}.",
+                "invalid_header",
+                param=CLASS_HEADER,
+            )
         assert self.gate is not None, "gateway not started"
         model_config = self.config.models[model]
         exchange = Exchange(
@@ -183,6 +199,8 @@ class Gateway:
             charge=self.gate.path(principal, request.headers),
             price=route.price(model_config),
             hourly=route.hourly,
+            slo_class=slo_class,
+            queue=self.queues.get(model),
         )
         if self.gate.is_budgeted(principal.tenant, principal.key_name):
             worst = worst_case(body, operation, model_config, exchange.price)

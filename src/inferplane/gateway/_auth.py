@@ -34,6 +34,7 @@ class Principal:
     key_name: str
     workflow: str | None = None  # the key's defaults, when a request's headers name none
     run: str | None = None
+    slo_class: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -79,7 +80,7 @@ class Registry:
             for key in tenant.keys:
                 if key.sha256 in by_digest:
                     raise ValueError(f"API key {key.name!r} of tenant {name!r} is not unique")
-                principal = Principal(name, key.name, key.workflow, key.run)
+                principal = Principal(name, key.name, key.workflow, key.run, key.slo_class)
                 by_digest[key.sha256] = (principal, key.disabled or tenant.disabled)
         if self._config.admin_key_sha256:
             by_digest[self._config.admin_key_sha256] = (Principal(ADMIN_TENANT, "admin"), False)

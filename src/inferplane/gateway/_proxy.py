@@ -28,6 +28,7 @@ from inferplane.config import Backend, Model, Pricing, PricingMode
 from inferplane.gateway._auth import Principal
 from inferplane.gateway._budgets import BudgetGate, ChargePath, wall_time_refusal
 from inferplane.gateway._pricing import HourlyPricing
+from inferplane.gateway._queue import ModelQueue
 from inferplane.gateway._upstream import (
     Upstream,
     UpstreamConnectError,
@@ -36,7 +37,7 @@ from inferplane.gateway._upstream import (
     UpstreamTimeout,
 )
 from inferplane.ledger import Charge, Ledger, LedgerWriteError, UsageEvent
-from inferplane.policy import Amount, RoundRobin, Scope
+from inferplane.policy import Amount, QueueItem, RoundRobin, Scope
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import (
     DONE,
@@ -98,6 +99,10 @@ class Exchange:
     output_cap: int | None = None  # max_tokens lowered to fit a budget (a partial grant)
     deadline: float | None = None  # unix time its run's wall-time budget runs out
     deadline_scope: Scope | None = None
+    slo_class: str | None = None
+    queue: ModelQueue | None = None  # the model's queue, when its replicas have slots
+    slot: int | None = None  # the replica whose slot it holds
+    dispatched_at: float = 0.0  # monotonic
     arrival: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     backend: str | None = None
@@ -128,6 +133,9 @@ class Proxy:
         Returns the ledger's future: done once the record is committed."""
         assert not ex.settled, "settled twice"
         ex.settled = True
+        if ex.slot is not None:
+            assert ex.queue is not None
+            ex.queue.release(ex.slot, time.monotonic() - ex.dispatched_at)
         duration = time.perf_counter() - ex.t0
         self.metrics.finished(
             ex.labels,
@@ -168,6 +176,7 @@ class Proxy:
                 cached_tokens=ex.cached_tokens,
                 finish_reason=ex.finish_reason,
                 retries=ex.retries,
+                slo_class=ex.slo_class,
             ),
             charge,
         )
@@ -185,6 +194,8 @@ class Proxy:
                 if not (isinstance(options, dict) and options.get("include_usage") is True):
                     hide_usage = True
                     body["stream_options"] = {**(options or {}), "include_usage": True}
+            if ex.queue is not None:
+                await self._wait_for_slot(ex)
             resp: UpstreamResponse | None = None
             try:
                 async with _until(ex.deadline):
@@ -234,6 +245,14 @@ class Proxy:
             payload, media_type=resp.content_type or "application/json", headers=headers
         )
 
+    async def _wait_for_slot(self, ex: Exchange) -> None:
+        assert ex.queue is not None and ex.slo_class is not None
+        held = ex.held
+        tokens = held.input_tokens + held.output_tokens if held is not None else 1
+        item = QueueItem(ex.request_id, ex.principal.tenant, ex.slo_class, tokens, time.monotonic())
+        ex.slot = await ex.queue.acquire(item)
+        ex.dispatched_at = time.monotonic()
+
     def _out_of_time(self, ex: Exchange) -> OpenAIError:
         assert ex.deadline is not None and ex.deadline_scope is not None
         budget = self.gate.wall_time_of(ex.deadline_scope)
@@ -261,7 +280,13 @@ class Proxy:
         retry, charged to the request's budgets (which may refuse it)."""
         tried: set[int] = set()
         last: UpstreamConnectError | None = None
-        while (i := route.router.choose(time.monotonic(), frozenset(tried))) is not None:
+        first = ex.slot  # the replica the queue gave a slot on, if any
+        while (
+            i := first
+            if first is not None
+            else route.router.choose(time.monotonic(), frozenset(tried))
+        ) is not None:
+            first = None
             if tried:
                 if ex.held is not None:
                     await self.gate.retry(ex.request_id, ex.charge, time.time())

@@ -19,6 +19,7 @@ from inferplane.policy._budgets import (
     charge_scopes,
     units_that_fit,
 )
+from inferplane.policy._dispatch import ClassPolicy, Dispatcher, Unattainable
 from inferplane.policy._leases import LeaseAsk, LeaseGrant, lease_ask, lease_grant
 from inferplane.policy._queueing import DispatchQueue, QueueItem, SloClass
 from inferplane.policy._routing import RoundRobin
@@ -30,7 +31,9 @@ __all__ = [
     "Book",
     "BoundedLoadRing",
     "BudgetLimits",
+    "ClassPolicy",
     "DispatchQueue",
+    "Dispatcher",
     "Granted",
     "LeaseAsk",
     "LeaseGrant",
@@ -40,6 +43,7 @@ __all__ = [
     "RoundRobin",
     "Scope",
     "SloClass",
+    "Unattainable",
     "Window",
     "charge_scopes",
     "lease_ask",

@@ -72,6 +72,10 @@ class DispatchQueue:
     def __len__(self) -> int:
         return len(self._where)
 
+    def items(self) -> list[QueueItem]:
+        """Every queued request, in no particular order."""
+        return list(self._where.values())
+
     def depth(self, slo_class: str) -> int:
         return self._classes[slo_class].size
 
