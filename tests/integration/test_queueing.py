@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -68,7 +69,13 @@ def test_realtime_overtakes_queued_batch_work(
     first, _ = in_background(job, "b0", "batch")  # holds the only slot
     time.sleep(0.2)
     batch = [in_background(job, f"b{i}", "batch")[0] for i in (1, 2, 3)]
-    time.sleep(0.2)
+    depth = f'inferplane_queue_depth{{gen_ai_request_model="{MODEL}",slo_class="batch"}} 3.0'
+    for _ in range(50):  # the queue is visible to Prometheus
+        if depth in httpx.get(gateway.url + "/metrics").text:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("three queued batch requests never showed in inferplane_queue_depth")
     realtime, _ = in_background(job, "rt", "realtime")
     for t in [first, *batch, realtime]:
         t.join(timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -74,6 +75,9 @@ class Gateway:
             for name, model in config.models.items()
             if any(b.max_concurrency is not None for b in model.backends)
         }
+        for name, queue in self.queues.items():
+            for slo_class in config.slo_classes:
+                self.metrics.watch_queue(name, slo_class, functools.partial(queue.depth, slo_class))
         self._upstream = upstream
         self.proxy: Proxy | None = None
         self.gate: BudgetGate | None = None

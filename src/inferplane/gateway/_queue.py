@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 
 from inferplane.config import Config
 from inferplane.policy import ClassPolicy, Dispatcher, QueueItem, Unattainable
@@ -38,8 +37,8 @@ class ModelQueue:
         self._waiting: dict[str, asyncio.Future[int]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def depth(self) -> Mapping[str, int]:
-        return {name: self.dispatcher.queue.depth(name) for name in self.dispatcher.classes}
+    def depth(self, slo_class: str) -> int:
+        return self.dispatcher.queue.depth(slo_class)
 
     async def acquire(self, item: QueueItem) -> int:
         """Wait for a slot; returns the replica's index. 429 when the class's wait bound

@@ -10,6 +10,8 @@ advisory ones), plus ``inferplane_requests_in_flight`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inferplane.telemetry._labels import BoundedLabel
@@ -72,6 +74,12 @@ class GatewayMetrics:
         self._in_flight = Gauge(
             "inferplane_requests_in_flight", "Requests being proxied now.", [MODEL], registry=r
         )
+        self._queued = Gauge(
+            "inferplane_queue_depth",
+            "Requests waiting in the gateway's queue for a replica slot.",
+            [MODEL, "slo_class"],
+            registry=r,
+        )
         self._errors = Counter(
             "inferplane_errors",
             "Requests that ended in an error.",
@@ -85,6 +93,10 @@ class GatewayMetrics:
     def refused(self, error_type: str) -> None:
         """A request turned away at the door (auth, validation, budget), before any model."""
         self._errors.labels("", error_type).inc()
+
+    def watch_queue(self, model: str, slo_class: str, depth: Callable[[], int]) -> None:
+        """Report a queue's depth at every scrape."""
+        self._queued.labels(self.model(model), slo_class).set_function(depth)
 
     def started(self, model: str) -> None:
         self._in_flight.labels(self.model(model)).inc()
