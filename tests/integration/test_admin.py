@@ -187,3 +187,9 @@ def test_a_keys_default_workflow_and_run_are_charged_when_headers_name_none(
     )
     bad = admin(shared, "/v1/admin/keys", {"tenant": "bots", "name": "x", "run": "no spaces"})
     assert bad.status_code == 400
+    bad = admin(shared, "/v1/admin/keys", {"tenant": "bots", "name": "x", "slo_class": "gold"})
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "slo_class")
+    realtime = admin(
+        shared, "/v1/admin/keys", {"tenant": "bots", "name": "rt", "slo_class": "realtime"}
+    )
+    assert realtime.status_code == 201

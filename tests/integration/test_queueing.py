@@ -62,11 +62,11 @@ def test_realtime_overtakes_queued_batch_work(
     gateway = start_gateway([slow.url], top=CLASSES % (10, 10), backend="max_concurrency: 1")
     finished: list[str] = []
 
-    def job(name: str, cls: str) -> None:
-        ask(gateway, cls, max_tokens=60)
+    def job(name: str, cls: str, max_tokens: int = 20) -> None:
+        ask(gateway, cls, max_tokens=max_tokens)
         finished.append(name)
 
-    first, _ = in_background(job, "b0", "batch")  # holds the only slot
+    first, _ = in_background(job, "b0", "batch", 400)  # holds the only slot for seconds
     time.sleep(0.2)
     batch = [in_background(job, f"b{i}", "batch")[0] for i in (1, 2, 3)]
     depth = f'inferplane_queue_depth{{gen_ai_request_model="{MODEL}",slo_class="batch"}} 3.0'

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -46,6 +46,7 @@ class _NewTenant(_Strict):
     budget: Budget | None = None
     workflow_budget: Budget | None = None
     run_budget: Budget | None = None
+    weight: float = Field(1.0, gt=0, le=1000)
 
 
 class _TenantUpdate(_Strict):
@@ -57,6 +58,7 @@ class _TenantUpdate(_Strict):
     workflow_budget: Budget | None = None
     run_budget: Budget | None = None
     disabled: bool = False
+    weight: float = Field(1.0, gt=0, le=1000)
 
 
 class _NewKey(_Strict):
@@ -65,6 +67,7 @@ class _NewKey(_Strict):
     budget: Budget | None = None
     workflow: RunId | None = None
     run: RunId | None = None
+    slo_class: Name | None = None
 
 
 class _KeyUpdate(_Strict):
@@ -74,6 +77,7 @@ class _KeyUpdate(_Strict):
     disabled: bool = False
     workflow: RunId | None = None
     run: RunId | None = None
+    slo_class: Name | None = None
 
 
 class AdminApi:
@@ -82,10 +86,12 @@ class AdminApi:
         registry: Callable[[], Registry],
         gate: Callable[[], BudgetGate],
         known_models: set[str],
+        known_classes: set[str],
     ) -> None:
         self._registry = registry
         self._gate = gate
         self._known_models = known_models
+        self._known_classes = known_classes
 
     def _admin(self, request: Request) -> Registry:
         registry = self._registry()
@@ -124,6 +130,7 @@ class AdminApi:
             budget=new.budget,
             workflow_budget=new.workflow_budget,
             run_budget=new.run_budget,
+            weight=new.weight,
         )
         registry.put(new.name, tenant)
         return JSONResponse({"name": new.name, "created": True}, status_code=201)
@@ -141,6 +148,7 @@ class AdminApi:
     async def create_key(self, request: Request) -> Response:
         registry = self._admin(request)
         new = await _parse(request, _NewKey)
+        self._check_class(new.slo_class)
         tenant = self._tenant(registry, new.tenant)
         if any(k.name == new.name for k in tenant.keys):
             raise OpenAIError(
@@ -153,6 +161,7 @@ class AdminApi:
             budget=new.budget,
             workflow=new.workflow,
             run=new.run,
+            slo_class=new.slo_class,
         )
         registry.put(new.tenant, tenant.model_copy(update={"keys": [*tenant.keys, entry]}))
         return JSONResponse(
@@ -168,6 +177,7 @@ class AdminApi:
     async def update_key(self, request: Request) -> Response:
         registry = self._admin(request)
         update = await _parse(request, _KeyUpdate)
+        self._check_class(update.slo_class)
         tenant = self._tenant(registry, update.tenant)
         changes = _changes(update, exclude={"tenant", "name"})
         keys = []
@@ -190,6 +200,16 @@ class AdminApi:
         if tenant is None:
             raise OpenAIError(404, f"No tenant named '{name}'.", "tenant_not_found")
         return tenant
+
+    def _check_class(self, slo_class: str | None) -> None:
+        if slo_class is not None and slo_class not in self._known_classes:
+            raise OpenAIError(
+                400,
+                f"Unknown SLO class '{slo_class}'; the gateway has "
+                f"{', '.join(sorted(self._known_classes))}.",
+                "invalid_admin_request",
+                param="slo_class",
+            )
 
     def _check_models(self, models: list[str] | None) -> None:
         unknown = sorted(set(models or ()) - self._known_models)

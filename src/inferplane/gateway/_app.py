@@ -25,7 +25,7 @@ from inferplane.gateway._auth import Principal, Registry
 from inferplane.gateway._budgets import BudgetGate, worst_case
 from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
-from inferplane.gateway._queue import CLASS_HEADER, ModelQueue
+from inferplane.gateway._queue import CLASS_HEADER, ModelQueue, TenantWeights
 from inferplane.gateway._upstream import Upstream
 from inferplane.ledger import (
     GROUPS,
@@ -70,14 +70,7 @@ class Gateway:
             for name, model in config.models.items()
         }
         self.metrics = GatewayMetrics(tuple(config.models), tuple(config.tenants))
-        self.queues = {
-            name: ModelQueue(config, name)
-            for name, model in config.models.items()
-            if any(b.max_concurrency is not None for b in model.backends)
-        }
-        for name, queue in self.queues.items():
-            for slo_class in config.slo_classes:
-                self.metrics.watch_queue(name, slo_class, functools.partial(queue.depth, slo_class))
+        self.queues: dict[str, ModelQueue] = {}
         self._upstream = upstream
         self.proxy: Proxy | None = None
         self.gate: BudgetGate | None = None
@@ -100,6 +93,12 @@ class Gateway:
             self.store = TenantStore(database)
             leases = LeaseStore(database)
         self.registry = Registry(self.config, self.store)
+        weights = TenantWeights(self.registry.tenants)
+        for name, model in self.config.models.items():
+            if any(b.max_concurrency is not None for b in model.backends):
+                queue = self.queues[name] = ModelQueue(self.config, name, weights)
+                for cls in self.config.slo_classes:
+                    self.metrics.watch_queue(name, cls, functools.partial(queue.depth, cls))
         # Unique among live gateways: this host and port (the port is ours while we run).
         port = s.port or f"pid{os.getpid()}"
         self.gate = BudgetGate(self.config, self.registry, leases, f"{socket.gethostname()}:{port}")
@@ -354,7 +353,9 @@ def create_gateway_app(config: Config, upstream: Upstream | None = None) -> Json
         app.route(path, gateway.generate, methods=("POST",))
     app.route("/v1/models", gateway.models)
     app.route("/v1/usage", gateway.usage)
-    admin = AdminApi(gateway._registry, gateway._gate_or_fail, set(config.models))
+    admin = AdminApi(
+        gateway._registry, gateway._gate_or_fail, set(config.models), set(config.slo_classes)
+    )
     app.route("/v1/admin/tenants", admin.list_tenants)
     app.route("/v1/admin/tenants", admin.create_tenant, methods=("POST",))
     app.route("/v1/admin/tenants/update", admin.update_tenant, methods=("POST",))

@@ -9,25 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator, Mapping
 
-from inferplane.config import Config
+from inferplane.config import Config, Tenant
 from inferplane.policy import ClassPolicy, Dispatcher, QueueItem, Unattainable
 from inferplane.wire import OpenAIError
 
-__all__ = ["CLASS_HEADER", "ModelQueue", "unattainable"]
+__all__ = ["CLASS_HEADER", "ModelQueue", "TenantWeights", "unattainable"]
 
 CLASS_HEADER = "x-inferplane-class"
+
+
+class TenantWeights(Mapping[str, float]):
+    """Tenants' fairness weights, read live: admin changes apply to the next dispatch."""
+
+    def __init__(self, tenants: Mapping[str, Tenant]) -> None:
+        self._tenants = tenants
+
+    def __getitem__(self, name: str) -> float:
+        return self._tenants[name].weight
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tenants)
+
+    def __len__(self) -> int:
+        return len(self._tenants)
 
 
 class ModelQueue:
     """The queue of one logical model and the replica slots it hands out."""
 
-    def __init__(self, config: Config, model: str) -> None:
+    def __init__(self, config: Config, model: str, weights: Mapping[str, float]) -> None:
         classes = {
             name: ClassPolicy(name, c.priority, c.max_queue_s)
             for name, c in config.slo_classes.items()
         }
-        weights = {name: t.weight for name, t in config.tenants.items()}
         self.dispatcher = Dispatcher(
             classes,
             [b.max_concurrency for b in config.models[model].backends],

@@ -66,7 +66,8 @@ class DispatchQueue:
             raise ValueError("aging_s must be positive")
         self._classes = {name: _ClassQueue(cls) for name, cls in classes.items()}
         self._aging_s = aging_s
-        self._weights = dict(tenant_weights or {})
+        # Read at each dispatch (not copied): the caller may change weights live.
+        self._weights: Mapping[str, float] = tenant_weights or {}
         self._where: dict[str, QueueItem] = {}
 
     def __len__(self) -> int:
