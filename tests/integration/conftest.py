@@ -63,8 +63,8 @@ def start_emulator(
 ) -> StartEmulator:
     log_dir = tmp_path_factory.mktemp("logs")
 
-    def start(*extra: str, time_scale: float = 20.0) -> launcher.Child:
-        port = launcher.free_port()
+    def start(*extra: str, time_scale: float = 20.0, port: int | None = None) -> launcher.Child:
+        port = port or launcher.free_port()
         argv = [
             sys.executable,
             "-m",
@@ -110,6 +110,7 @@ def start_gateway(
         port: int | None = None,
         lease_ttl_s: float = 30.0,
         backend_cooldown_s: float = 30.0,
+        outlier_errors: int = 5,
         backend: str = "",
     ) -> Gateway:
         port = port or launcher.free_port()
@@ -132,6 +133,7 @@ gateway:
   max_body_bytes: 65536
   backend_cooldown_s: {backend_cooldown_s}
   lease_ttl_s: {lease_ttl_s}
+  outlier_consecutive_errors: {outlier_errors}
 admin_key_sha256: {hash_key(ADMIN_KEY)}
 models:
   {MODEL}:

@@ -56,8 +56,16 @@ class GatewaySettings(_Strict):
     connect_timeout_s: float = Field(2.0, gt=0)
     # Waiting for response headers and between two chunks of a stream.
     read_timeout_s: float = Field(300.0, gt=0)
-    # A backend that refused a connection is skipped for this long.
+    # Outlier ejection: a backend that refused a connection, or failed this many
+    # requests in a row, is skipped for backend_cooldown_s x the ejections in a row (up
+    # to max_ejection_s); then one probe request decides whether it is back.
     backend_cooldown_s: float = Field(5.0, ge=0)
+    outlier_consecutive_errors: int = Field(5, ge=1)
+    max_ejection_s: float = Field(300.0, ge=0)
+    # Retries (to another backend, before anything reached the client) in flight: at
+    # most this share of the model's requests in flight, but always retry_budget_min.
+    retry_budget_ratio: float = Field(0.2, ge=0, le=1)
+    retry_budget_min: int = Field(3, ge=0)
     max_connections_per_backend: int = Field(1024, ge=1)
     # Budget leases of a process that stopped heart-beating return to the pool after this.
     lease_ttl_s: float = Field(30.0, ge=1, le=3600)

@@ -66,7 +66,7 @@ class Gateway:
         self.config = config
         settings = config.gateway
         self.routes = {
-            name: ModelRoute.from_config(name, model, settings.backend_cooldown_s)
+            name: ModelRoute.from_config(name, model, settings)
             for name, model in config.models.items()
         }
         self.metrics = GatewayMetrics(tuple(config.models), tuple(config.tenants))

@@ -24,7 +24,7 @@ import orjson
 from starlette.responses import Response
 
 from inferplane.asgi import EventStreamResponse
-from inferplane.config import Backend, Model, Pricing, PricingMode
+from inferplane.config import Backend, GatewaySettings, Model, Pricing, PricingMode
 from inferplane.gateway._auth import Principal
 from inferplane.gateway._budgets import BudgetGate, ChargePath, wall_time_refusal
 from inferplane.gateway._pricing import HourlyPricing
@@ -32,12 +32,13 @@ from inferplane.gateway._queue import ModelQueue
 from inferplane.gateway._upstream import (
     Upstream,
     UpstreamConnectError,
+    UpstreamDisconnected,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
 )
 from inferplane.ledger import Charge, Ledger, LedgerWriteError, UsageEvent
-from inferplane.policy import Amount, QueueItem, RoundRobin, Scope
+from inferplane.policy import Amount, Health, QueueItem, RetryBudget, RoundRobin, Scope
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import (
     DONE,
@@ -58,16 +59,17 @@ log = logging.getLogger("inferplane.gateway")
 
 @dataclass
 class ModelRoute:
-    """A logical model: its backends and the policy choosing between them."""
+    """A logical model: its backends and the policies choosing between them."""
 
     name: str
     backends: list[Backend]
     router: RoundRobin
     auth_headers: list[dict[str, str]]
     hourly: HourlyPricing | None  # self-hosted prices, for ``pricing: per_hour``
+    retry_budget: RetryBudget
 
     @classmethod
-    def from_config(cls, name: str, model: Model, cooldown_s: float) -> ModelRoute:
+    def from_config(cls, name: str, model: Model, settings: GatewaySettings) -> ModelRoute:
         headers = []
         for backend in model.backends:
             h = {"content-type": "application/json"}
@@ -75,8 +77,15 @@ class ModelRoute:
                 h["authorization"] = f"Bearer {secret}"
             headers.append(h)
         hourly = HourlyPricing(model) if model.pricing is PricingMode.PER_HOUR else None
-        router = RoundRobin(len(model.backends), cooldown_s)
-        return cls(name, model.backends, router, headers, hourly)
+        n = len(model.backends)
+        health = Health(
+            n,
+            consecutive_errors=settings.outlier_consecutive_errors,
+            base_ejection_s=settings.backend_cooldown_s,
+            max_ejection_s=settings.max_ejection_s,
+        )
+        budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
+        return cls(name, model.backends, RoundRobin(n, health), headers, hourly, budget)
 
     def price(self, model: Model) -> Pricing:
         """Per-token prices to hold a request's worst case with."""
@@ -102,6 +111,8 @@ class Exchange:
     slo_class: str | None = None
     queue: ModelQueue | None = None  # the model's queue, when its replicas have slots
     slot: int | None = None  # the replica whose slot it holds
+    route: ModelRoute | None = None
+    backend_index: int | None = None  # which of the route's backends answered
     dispatched_at: float = 0.0  # monotonic
     arrival: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
@@ -136,6 +147,10 @@ class Proxy:
         if ex.slot is not None:
             assert ex.queue is not None
             ex.queue.release(ex.slot, time.monotonic() - ex.dispatched_at)
+        if ex.route is not None:
+            ex.route.retry_budget.ended(retried=ex.retries > 0)
+            if ex.backend_index is not None and ex.error_type in _BACKEND_FAULTS:
+                ex.route.router.health.failed(ex.backend_index, time.monotonic())
         duration = time.perf_counter() - ex.t0
         self.metrics.finished(
             ex.labels,
@@ -194,6 +209,8 @@ class Proxy:
                 if not (isinstance(options, dict) and options.get("include_usage") is True):
                     hide_usage = True
                     body["stream_options"] = {**(options or {}), "include_usage": True}
+            ex.route = route
+            route.retry_budget.started()
             if ex.queue is not None:
                 await self._wait_for_slot(ex)
             resp: UpstreamResponse | None = None
@@ -276,18 +293,21 @@ class Proxy:
         *,
         rewrite: bool,
     ) -> tuple[UpstreamResponse, Backend]:
-        """POST to the first backend that accepts a connection; each further attempt is a
-        retry, charged to the request's budgets (which may refuse it)."""
+        """POST to a backend; on a refused connection, a connection lost before the answer
+        began, or a 5xx (nothing has reached the client yet, so it is safe) try another.
+        Each further attempt is a retry, charged to the request's budgets (which may
+        refuse it); after a 5xx, only within the model's retry budget. Outcomes feed
+        the breakers."""
+        health = route.router.health
         tried: set[int] = set()
-        last: UpstreamConnectError | None = None
-        first = ex.slot  # the replica the queue gave a slot on, if any
-        while (
-            i := first
-            if first is not None
-            else route.router.choose(time.monotonic(), frozenset(tried))
-        ) is not None:
-            first = None
+        failure: OpenAIError | None = None
+        answered_5xx = False
+        while (i := self._pick(route, ex, tried)) is not None:
             if tried:
+                # A 5xx may mean overload, where retries add to it: they need the budget.
+                # A replica that refused or dropped the connection did no work: failover.
+                if answered_5xx and not route.retry_budget.allow(ex.retries > 0):
+                    break
                 if ex.held is not None:
                     await self.gate.retry(ex.request_id, ex.charge, time.time())
                 ex.retries += 1
@@ -300,17 +320,44 @@ class Proxy:
             try:
                 resp = await self.upstream.post(backend.url + path, payload, route.auth_headers[i])
             except UpstreamConnectError as exc:
-                route.router.record_failure(i, time.monotonic())
+                answered_5xx = False
+                health.failed(i, time.monotonic(), refused=True)
                 log.warning("backend %s of %s: %s", backend.label, route.name, exc)
-                last = exc
+                failure = OpenAIError(
+                    502,
+                    f"No backend of model '{route.name}' accepted a connection: {exc}",
+                    "upstream_unreachable",
+                )
                 continue
-            route.router.record_success(i)
+            except UpstreamDisconnected as exc:
+                # It died with the request (a killed replica, say) before answering
+                # anything: the client has nothing yet, so another replica may serve it.
+                answered_5xx = False
+                health.failed(i, time.monotonic())
+                failure = _as_refusal(exc)
+                continue
+            except UpstreamError:
+                health.failed(i, time.monotonic())
+                raise
+            answered_5xx = resp.status >= 500
+            if answered_5xx:
+                health.failed(i, time.monotonic())
+                failure = await _upstream_refusal(resp, backend)
+                log.warning("backend %s of %s answered %d", backend.label, route.name, resp.status)
+                ex.backend = backend.label
+                continue
+            health.succeeded(i)
+            ex.backend_index = i
             return resp, backend
-        raise OpenAIError(
-            502,
-            f"No backend of model '{route.name}' accepted a connection: {last}",
-            "upstream_unreachable",
+        raise failure or OpenAIError(
+            502, f"No backend of model '{route.name}' is available.", "upstream_unreachable"
         )
+
+    @staticmethod
+    def _pick(route: ModelRoute, ex: Exchange, tried: set[int]) -> int | None:
+        if not tried and ex.slot is not None:
+            return ex.slot  # the replica the queue gave a slot on
+        return route.router.choose(time.monotonic(), frozenset(tried))
 
     async def _relay(
         self, resp: UpstreamResponse, ex: Exchange, hide_usage: bool
@@ -397,6 +444,18 @@ class Proxy:
             if not ex.settled:
                 watch.finish()
                 self._settle(ex)
+
+
+# How a request that reached a backend can end by the backend's fault (its breaker hears).
+_BACKEND_FAULTS = frozenset(
+    {
+        "upstream_disconnected",
+        "upstream_timeout",
+        "upstream_malformed_stream",
+        "upstream_incomplete_stream",
+        "upstream_malformed_response",
+    }
+)
 
 
 class _Verdict(enum.Enum):

@@ -20,8 +20,10 @@ from inferplane.policy._budgets import (
     units_that_fit,
 )
 from inferplane.policy._dispatch import ClassPolicy, Dispatcher, Unattainable
+from inferplane.policy._health import Breaker, BreakerState, Health
 from inferplane.policy._leases import LeaseAsk, LeaseGrant, lease_ask, lease_grant
 from inferplane.policy._queueing import DispatchQueue, QueueItem, SloClass
+from inferplane.policy._retry import RetryBudget
 from inferplane.policy._routing import RoundRobin
 
 __all__ = [
@@ -30,16 +32,20 @@ __all__ = [
     "Amount",
     "Book",
     "BoundedLoadRing",
+    "Breaker",
+    "BreakerState",
     "BudgetLimits",
     "ClassPolicy",
     "DispatchQueue",
     "Dispatcher",
     "Granted",
+    "Health",
     "LeaseAsk",
     "LeaseGrant",
     "QueueItem",
     "Refused",
     "ReplicaLoad",
+    "RetryBudget",
     "RoundRobin",
     "Scope",
     "SloClass",

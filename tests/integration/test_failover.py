@@ -1,0 +1,88 @@
+"""Replicas that fail: ejected by their breaker, retried around, re-admitted by a probe;
+a replica killed under load loses no request that had not begun to answer."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import httpx
+import pytest
+
+from .conftest import KEY, MODEL, StartEmulator, StartGateway, client, ledger_rows
+
+pytestmark = pytest.mark.integration
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def test_a_replica_answering_500_is_ejected_retried_around_and_later_readmitted(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
+    bad = start_emulator("--error-rate", "1.0", time_scale=50.0)
+    good = start_emulator(time_scale=50.0)
+    gateway = start_gateway(
+        [bad.url, good.url],
+        top="",
+        backend_cooldown_s=1.0,
+        outlier_errors=2,
+    )
+    openai_client = client(gateway.url)
+    for _ in range(8):  # every request succeeds: a 500 is retried on the other replica
+        openai_client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
+    rows = ledger_rows(gateway, expected=8)
+    assert [r["status"] for r in rows] == [200] * 8
+    # Two errors in a row eject it: only the first two requests went there first.
+    assert [r["retries"] for r in rows] == [1, 1, 0, 0, 0, 0, 0, 0]
+    # It comes back healthy on the same address; after its ejection a probe finds it.
+    bad.kill(signal.SIGKILL)
+    bad.process.wait()
+    port = int(bad.url.rsplit(":", 1)[1])
+    healed = start_emulator(time_scale=50.0, port=port)
+    label = f"127.0.0.1:{port}"
+    for _ in range(100):
+        openai_client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
+        if any(r["backend"] == label and r["status"] == 200 for r in ledger_rows(gateway, 0)):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the healed replica was never re-admitted")
+    assert healed.process.poll() is None
+
+
+def test_killing_a_replica_under_load_loses_no_request_that_had_not_begun_answering(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
+    doomed = start_emulator(time_scale=5.0)
+    survivor = start_emulator(time_scale=5.0)
+    gateway = start_gateway([doomed.url, survivor.url])
+    statuses: list[int] = []
+
+    async def load() -> None:
+        stop = time.monotonic() + 4.0
+        async with httpx.AsyncClient(
+            base_url=gateway.url, headers={"authorization": f"Bearer {KEY}"}, timeout=30
+        ) as http:
+
+            async def loop() -> None:
+                while time.monotonic() < stop:
+                    reply = await http.post(
+                        "/v1/chat/completions",
+                        json={"model": MODEL, "messages": HI, "max_tokens": 20},
+                    )
+                    statuses.append(reply.status_code)
+
+            async def killer() -> None:
+                await asyncio.sleep(1.5)
+                doomed.kill(signal.SIGKILL)
+
+            await asyncio.gather(killer(), *(loop() for _ in range(16)))
+
+    asyncio.run(load())
+    assert len(statuses) > 50
+    # Whole answers begin only when complete: every request in flight at the killed
+    # replica had nothing from it yet, and was served by the other.
+    assert set(statuses) == {200}
+    retried = [r for r in ledger_rows(gateway, len(statuses)) if r["retries"]]
+    assert retried and {r["backend"] for r in retried} == {survivor.url.removeprefix("http://")}
