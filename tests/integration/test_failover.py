@@ -33,8 +33,9 @@ def test_a_replica_answering_500_is_ejected_retried_around_and_later_readmitted(
         openai_client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
     rows = ledger_rows(gateway, expected=8)
     assert [r["status"] for r in rows] == [200] * 8
-    # Two errors in a row eject it: only the first two requests went there first.
-    assert [r["retries"] for r in rows] == [1, 1, 0, 0, 0, 0, 0, 0]
+    # Two errors in a row eject it: two requests went there first, none after.
+    retries = [r["retries"] for r in rows]
+    assert sum(retries) == 2 and retries[-4:] == [0, 0, 0, 0]  # type: ignore[arg-type]
     # It comes back healthy on the same address; after its ejection a probe finds it.
     bad.kill(signal.SIGKILL)
     bad.process.wait()

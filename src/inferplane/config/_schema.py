@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inferplane.policy import BudgetLimits, Window
+from inferplane.policy import BudgetLimits, RoutingMode, Window
 
 __all__ = [
     "ApiKey",
@@ -87,6 +87,8 @@ class Backend(_Strict):
     # Requests the gateway sends it at once; more wait in the gateway's queue, where
     # priority and fairness apply. None: no limit, no queue.
     max_concurrency: int | None = Field(None, ge=1, le=100_000)
+    # Share of new traffic relative to the others (a canary at 0.05; 0 takes none).
+    weight: float = Field(1.0, ge=0, le=1000)
 
     @field_validator("url")
     @classmethod
@@ -144,6 +146,8 @@ class Model(_Strict):
     backends: list[Backend] = Field(min_length=1)
     # Catalogue model the backends run (for the perf model); defaults to the logical name.
     catalogue: str | None = None
+    # round_robin | least_loaded | prefix_affinity | session_affinity (X-Inferplane-Session)
+    routing: RoutingMode = RoutingMode.ROUND_ROBIN
     pricing: PricingMode = PricingMode.PER_TOKEN
     price: Pricing = Pricing()
     # per_hour: what a prompt token costs relative to a generated one.

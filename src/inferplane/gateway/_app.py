@@ -37,12 +37,14 @@ from inferplane.ledger import (
     TenantStore,
     usage_summary,
 )
+from inferplane.policy import RoutingMode
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import OpenAIError
 
 __all__ = ["LEDGER_FILE", "create_gateway_app", "ledger_database"]
 
 LEDGER_FILE = "ledger.sqlite3"
+SESSION_HEADER = "x-inferplane-session"
 log = logging.getLogger("inferplane.gateway")
 
 
@@ -204,9 +206,17 @@ class Gateway:
             hourly=route.hourly,
             slo_class=slo_class,
             queue=self.queues.get(model),
+            affinity_key=_affinity_key(route.router.mode, body, request.headers),
         )
-        if self.gate.is_budgeted(principal.tenant, principal.key_name):
+        budgeted = self.gate.is_budgeted(principal.tenant, principal.key_name)
+        if (
+            budgeted
+            or exchange.queue is not None
+            or route.router.mode is not RoutingMode.ROUND_ROBIN
+        ):
             worst = worst_case(body, operation, model_config, exchange.price)
+            exchange.size_tokens = worst.input_tokens + worst.output_tokens
+        if budgeted:
             admission = await self.gate.reserve(
                 exchange.request_id, exchange.charge, worst, exchange.price, time.time()
             )
@@ -306,6 +316,35 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# How much of a prompt identifies its prefix.
+_PREFIX_CHARS = 2048
+_PLAIN_PREFIX_CHARS = 512
+
+
+def _affinity_key(mode: RoutingMode, body: dict[str, Any], headers: Mapping[str, str]) -> str:
+    """What affinity routing keys a request on: the session header, or the part of the
+    prompt that related requests share (whose KV cache a replica may still hold): every
+    message but the last of a conversation, the beginning of a plain prompt."""
+    if mode is RoutingMode.SESSION_AFFINITY:
+        return headers.get(SESSION_HEADER, "")
+    if mode is not RoutingMode.PREFIX_AFFINITY:
+        return ""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt[:_PLAIN_PREFIX_CHARS]
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return ""
+    shared = messages[:-1] if len(messages) > 1 else messages
+    prefix = ""
+    for message in shared:
+        content = message.get("content") if isinstance(message, dict) else None
+        prefix += content if isinstance(content, str) else ""
+        if len(prefix) >= _PREFIX_CHARS:
+            break
+    return prefix[:_PREFIX_CHARS] if len(messages) > 1 else prefix[:_PLAIN_PREFIX_CHARS]
 
 
 def _time_param(params: Mapping[str, str], name: str) -> float | None:

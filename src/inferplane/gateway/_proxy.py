@@ -38,7 +38,7 @@ from inferplane.gateway._upstream import (
     UpstreamTimeout,
 )
 from inferplane.ledger import Charge, Ledger, LedgerWriteError, UsageEvent
-from inferplane.policy import Amount, Health, QueueItem, RetryBudget, RoundRobin, Scope
+from inferplane.policy import Amount, Health, QueueItem, RetryBudget, Router, Scope
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import (
     DONE,
@@ -63,7 +63,7 @@ class ModelRoute:
 
     name: str
     backends: list[Backend]
-    router: RoundRobin
+    router: Router
     auth_headers: list[dict[str, str]]
     hourly: HourlyPricing | None  # self-hosted prices, for ``pricing: per_hour``
     retry_budget: RetryBudget
@@ -85,7 +85,8 @@ class ModelRoute:
             max_ejection_s=settings.max_ejection_s,
         )
         budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
-        return cls(name, model.backends, RoundRobin(n, health), headers, hourly, budget)
+        router = Router(health, model.routing, [b.weight for b in model.backends])
+        return cls(name, model.backends, router, headers, hourly, budget)
 
     def price(self, model: Model) -> Pricing:
         """Per-token prices to hold a request's worst case with."""
@@ -113,6 +114,8 @@ class Exchange:
     slot: int | None = None  # the replica whose slot it holds
     route: ModelRoute | None = None
     backend_index: int | None = None  # which of the route's backends answered
+    affinity_key: str = ""  # prompt prefix or session, for affinity routing
+    size_tokens: int = 1  # its expected tokens, for load-aware routing
     dispatched_at: float = 0.0  # monotonic
     arrival: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
@@ -149,6 +152,8 @@ class Proxy:
             ex.queue.release(ex.slot, time.monotonic() - ex.dispatched_at)
         if ex.route is not None:
             ex.route.retry_budget.ended(retried=ex.retries > 0)
+            if ex.backend_index is not None:
+                ex.route.router.done(ex.backend_index, ex.size_tokens)
             if ex.backend_index is not None and ex.error_type in _BACKEND_FAULTS:
                 ex.route.router.health.failed(ex.backend_index, time.monotonic())
         duration = time.perf_counter() - ex.t0
@@ -264,9 +269,8 @@ class Proxy:
 
     async def _wait_for_slot(self, ex: Exchange) -> None:
         assert ex.queue is not None and ex.slo_class is not None
-        held = ex.held
-        tokens = held.input_tokens + held.output_tokens if held is not None else 1
-        item = QueueItem(ex.request_id, ex.principal.tenant, ex.slo_class, tokens, time.monotonic())
+        now = time.monotonic()
+        item = QueueItem(ex.request_id, ex.principal.tenant, ex.slo_class, ex.size_tokens, now)
         ex.slot = await ex.queue.acquire(item)
         ex.dispatched_at = time.monotonic()
 
@@ -348,6 +352,7 @@ class Proxy:
                 continue
             health.succeeded(i)
             ex.backend_index = i
+            route.router.sent(i, ex.size_tokens)
             return resp, backend
         raise failure or OpenAIError(
             502, f"No backend of model '{route.name}' is available.", "upstream_unreachable"
@@ -357,7 +362,8 @@ class Proxy:
     def _pick(route: ModelRoute, ex: Exchange, tried: set[int]) -> int | None:
         if not tried and ex.slot is not None:
             return ex.slot  # the replica the queue gave a slot on
-        return route.router.choose(time.monotonic(), frozenset(tried))
+        key = ex.affinity_key or ex.request_id
+        return route.router.choose(time.monotonic(), frozenset(tried), key, ex.size_tokens)
 
     async def _relay(
         self, resp: UpstreamResponse, ex: Exchange, hide_usage: bool

@@ -24,7 +24,7 @@ from inferplane.policy._health import Breaker, BreakerState, Health
 from inferplane.policy._leases import LeaseAsk, LeaseGrant, lease_ask, lease_grant
 from inferplane.policy._queueing import DispatchQueue, QueueItem, SloClass
 from inferplane.policy._retry import RetryBudget
-from inferplane.policy._routing import RoundRobin
+from inferplane.policy._routing import Router, RoutingMode
 
 __all__ = [
     "LIMIT_DIMENSIONS",
@@ -46,7 +46,8 @@ __all__ = [
     "Refused",
     "ReplicaLoad",
     "RetryBudget",
-    "RoundRobin",
+    "Router",
+    "RoutingMode",
     "Scope",
     "SloClass",
     "Unattainable",

@@ -2,8 +2,7 @@
 tokens, and consistent hashing with bounded loads for prefix and session affinity.
 
 Pure and deterministic: "random" picks come from a hash of the request's key,
-so the twin replays the gateway's choices exactly. Not wired into the gateway
-yet (it uses ``RoundRobin``).
+so the twin replays the gateway's choices exactly. ``Router`` uses them.
 """
 
 from __future__ import annotations
@@ -55,10 +54,19 @@ class BoundedLoadRing:
     instead of overloading its replica, and keys stay put while loads are balanced.
     """
 
-    def __init__(self, num_replicas: int, *, c: float = 1.25, virtual_nodes: int = 64) -> None:
+    def __init__(
+        self,
+        num_replicas: int,
+        *,
+        c: float = 1.25,
+        virtual_nodes: int = 64,
+        floor_tokens: int = 0,
+    ) -> None:
         if num_replicas < 1 or c < 1.0:
             raise ValueError("need at least one replica and c >= 1")
         self.c = c
+        # Below this load nobody counts as overloaded: on a quiet fleet, keys stay home.
+        self.floor_tokens = floor_tokens
         points = sorted(
             (stable_hash(f"replica-{i}-{v}"), i)
             for i in range(num_replicas)
@@ -75,7 +83,7 @@ class BoundedLoadRing:
             return None
         # The bound is on the loads after placing this request.
         mean = (sum(r.outstanding_tokens for r in healthy) + tokens) / len(healthy)
-        bound = self.c * mean
+        bound = max(self.c * mean, self.floor_tokens)
         start = bisect.bisect_left(self._hashes, stable_hash(key)) % len(self._hashes)
         seen: set[int] = set()
         for step in range(len(self._owners)):
