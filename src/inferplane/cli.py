@@ -422,6 +422,35 @@ def usage_export(
         console.print(f"{len(rows)} rows -> {out}")
 
 
+@bench_app.command("slo")
+def bench_slo(
+    replicas: Annotated[int, typer.Option(help="Emulated replicas.")] = 1,
+    slots: Annotated[int, typer.Option(help="max_concurrency per replica.")] = 16,
+    time_scale: Annotated[float, typer.Option(help="Engine seconds per wall second.")] = 1.0,
+    loads: Annotated[str, typer.Option(help="Offered load, x capacity.")] = "0.5,1,2,3",
+    duration: Annotated[float, typer.Option(help="Seconds of arrivals per load.")] = 20.0,
+    seed: int = 7,
+    out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/slo.json"),
+) -> None:
+    """SLO attainment, goodput and fairness under 0.5-3x load: inferplane vs FIFO."""
+    from inferplane.bench.slo import run_slo
+
+    levels = tuple(_guard(lambda: [float(x) for x in loads.split(",") if x]))
+    _guard(
+        lambda: run_slo(
+            replicas=replicas,
+            slots=slots,
+            time_scale=time_scale,
+            loads=levels,
+            duration_s=duration,
+            seed=seed,
+            out=out,
+            echo=console.print,
+        )
+    )
+    console.print(f"JSON: {out}")
+
+
 @bench_app.command("budgets")
 def bench_budgets(
     concurrency: Annotated[int, typer.Option("--concurrency", "-n")] = 64,

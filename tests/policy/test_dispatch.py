@@ -89,23 +89,29 @@ def test_requests_that_wait_too_long_leave_the_queue() -> None:
 @settings(max_examples=200)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["submit", "dispatch", "finish", "expire"]), st.integers(0, 2)),
+        st.tuples(
+            st.sampled_from(["submit", "dispatch", "finish", "expire"]),
+            st.integers(0, 2),
+            st.sampled_from(["a", "b", "c"]),
+        ),
         max_size=60,
     )
 )
-def test_slots_are_never_overfilled_and_nothing_is_lost(steps: list[tuple[str, int]]) -> None:
+def test_slots_are_never_overfilled_and_nothing_is_lost(
+    steps: list[tuple[str, int, str]],
+) -> None:
     d = Dispatcher(CLASSES, [2, 1, 3], aging_s=5)
     running: list[tuple[str, int]] = []
     seen: set[str] = set()
     gone: set[str] = set()
     now = 0.0
-    for n, (action, k) in enumerate(steps):
+    for n, (action, k, tenant) in enumerate(steps):
         now += 0.25
         cls = list(CLASSES)[k]
         if action == "submit":
             rid = f"r{n}"
             seen.add(rid)
-            if d.submit(item(rid, cls, at=now), now) is not None:
+            if d.submit(item(rid, cls, tenant=tenant, at=now), now) is not None:
                 gone.add(rid)
         elif action == "dispatch":
             running += [(i.request_id, r) for i, r in d.dispatch(now)]

@@ -105,3 +105,11 @@ def test_corrections_and_removals() -> None:
         q.push(item("z", cls="gold"))
     q.correct("a", "interactive", -10_000)  # never below zero
     assert q._classes["interactive"].counters["a"] == 0.0
+
+
+def test_a_tenant_whose_backlog_emptied_does_not_break_the_class() -> None:
+    q = DispatchQueue(CLASSES, aging_s=10)
+    q.push(item("a1", tenant="a"))
+    assert q.pop(0.0).request_id == "a1"  # type: ignore[union-attr]
+    q.push(item("b1", tenant="b"))  # "a" is still known, with an empty backlog
+    assert q.pop(1.0).request_id == "b1"  # type: ignore[union-attr]

@@ -49,7 +49,7 @@ class _ClassQueue:
     size: int = 0
 
     def oldest(self) -> float:
-        return min(q[0].enqueued_at for q in self.tenants.values())
+        return min(q[0].enqueued_at for q in self.tenants.values() if q)
 
 
 class DispatchQueue:

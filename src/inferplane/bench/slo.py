@@ -1,0 +1,310 @@
+"""``inferplane bench slo``: SLO attainment, goodput and fairness under overload, inferplane's
+policies against a plain FIFO + round-robin gateway, side by side on the same replicas.
+
+Setup: emulated Llama-3.1-8B replicas (H100 pace, sped up by ``time_scale``)
+and two gateways in front of the same replicas:
+
+- ``inferplane``: SLO classes, a gateway queue (``max_concurrency`` slots per
+  replica) ordered by class priority with aging and by token fairness between
+  tenants, admission that refuses what cannot meet its class (429), least-loaded
+  routing;
+- ``fifo``: every request straight to the replicas, round robin; the engines
+  queue first come, first served (what a plain proxy gives).
+
+Load: open loop, Poisson arrivals, three tenants and three classes. Tenants
+``a`` and ``b`` have equal weight and send batch work in a 10:1 ratio; ``c``
+sends the realtime and interactive traffic. The offered rate is a multiple of
+the fleet's capacity, measured first by a closed loop that keeps every slot
+busy. SLOs (engine seconds, divided by the time scale on the wall): realtime
+TTFT <= 0.5 s, interactive TTFT <= 2 s, batch end-to-end <= 600 s. A refused
+request misses its SLO. Jain's index is taken over the batch tenants' served
+tokens, each divided by its max-min fair share of what was served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from inferplane import launcher
+from inferplane.gateway import Http1Upstream
+from inferplane.gateway._upstream import UpstreamError
+from inferplane.wire import SSEDecoder, sse_payload
+
+__all__ = ["run_slo"]
+
+_MODEL = "llama-3.1-8b"
+# Engine-second SLO targets: (metric, limit).
+_TARGETS = {"realtime": ("ttft", 0.5), "interactive": ("ttft", 2.0), "batch": ("e2e", 600.0)}
+# Who sends what: (tenant, class, share of the offered rate, output tokens).
+_STREAMS = (
+    ("c", "realtime", 0.15, 16),
+    ("c", "interactive", 0.25, 32),
+    ("a", "batch", 0.60 * 10 / 11, 64),
+    ("b", "batch", 0.60 * 1 / 11, 64),
+)
+# The mix's mean output, for the capacity run.
+_MEAN_OUTPUT = round(sum(share * out for _, _, share, out in _STREAMS))
+_PROMPT = "Summarise the customer's ticket and propose the next step. " * 8
+
+
+@dataclass(slots=True)
+class _Outcome:
+    tenant: str
+    slo_class: str
+    status: int
+    ttft_s: float | None
+    e2e_s: float
+    output_tokens: int
+
+
+def _config(name: str, replicas: list[str], port: int, workdir: Path, slots: int, ts: float) -> str:
+    from inferplane.gateway import hash_key
+
+    queued = name == "inferplane"
+    backend_extra = f", max_concurrency: {slots}" if queued else ""
+    backends = ", ".join(f"{{url: '{u}', engine: vllm{backend_extra}}}" for u in replicas)
+    classes = ""
+    if queued:
+        classes = (
+            "slo_classes:\n"
+            f"  realtime: {{priority: 0, max_queue_s: {0.4 / ts:.4f}}}\n"
+            f"  interactive: {{priority: 1, max_queue_s: {1.6 / ts:.4f}}}\n"
+            f"  batch: {{priority: 2, max_queue_s: {600 / ts:.4f}}}\n"
+            f"queue_aging_s: {60 / ts:.4f}\n"
+        )
+    tenants = "".join(
+        f"  {t}:\n    keys: [{{name: {t}, sha256: {hash_key('sk-' + t)}}}]\n" for t in "abc"
+    )
+    routing = "least_loaded" if queued else "round_robin"
+    return (
+        f"gateway: {{port: {port}, read_timeout_s: 600, max_connections_per_backend: 4096}}\n"
+        f"data_dir: {workdir / name}\nusage_ledger: false\n{classes}"
+        f"models:\n  {_MODEL}:\n    routing: {routing}\n    backends: [{backends}]\n"
+        f"tenants:\n{tenants}"
+    )
+
+
+async def _one(
+    http: Http1Upstream, url: str, tenant: str, cls: str, output_tokens: int
+) -> _Outcome:
+    body = orjson.dumps(
+        {
+            "model": _MODEL,
+            "messages": [{"role": "user", "content": _PROMPT}],
+            "max_tokens": output_tokens,
+            "ignore_eos": True,
+            "stream": True,
+        }
+    )
+    headers = {
+        "content-type": "application/json",
+        "authorization": f"Bearer sk-{tenant}",
+        "x-inferplane-class": cls,
+    }
+    t0 = time.perf_counter()
+    ttft = None
+    tokens = 0
+    try:
+        resp = await http.post(url + "/v1/chat/completions", body, headers)
+        if resp.status != 200:
+            await resp.read()
+            return _Outcome(tenant, cls, resp.status, None, time.perf_counter() - t0, 0)
+        decoder = SSEDecoder()
+        async for piece in resp.chunks():
+            for event in decoder.feed(piece):
+                data = sse_payload(event)
+                if data.startswith(b"{") and b'"content":"' in data and b'"content":""' not in data:
+                    tokens += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+    except UpstreamError:
+        return _Outcome(tenant, cls, 599, ttft, time.perf_counter() - t0, tokens)
+    return _Outcome(tenant, cls, 200, ttft, time.perf_counter() - t0, tokens)
+
+
+async def _open_loop(url: str, rate: float, duration_s: float, seed: int) -> list[_Outcome]:
+    """Poisson arrivals of every stream for ``duration_s``; waits for all to end."""
+    http = Http1Upstream(connect_timeout_s=5, read_timeout_s=600, max_connections_per_host=4096)
+    rng = random.Random(seed)
+    tasks: list[asyncio.Task[_Outcome]] = []
+    start = time.perf_counter()
+    arrivals = []
+    for tenant, cls, share, out in _STREAMS:
+        t = 0.0
+        while True:
+            t += rng.expovariate(rate * share)
+            if t >= duration_s:
+                break
+            arrivals.append((t, tenant, cls, out))
+    arrivals.sort()
+    for t, tenant, cls, out in arrivals:
+        delay = start + t - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_one(http, url, tenant, cls, out)))
+    outcomes = list(await asyncio.gather(*tasks))
+    await http.aclose()
+    return outcomes
+
+
+async def _capacity(url: str, concurrency: int, duration_s: float) -> float:
+    """Requests per second a closed loop gets with every slot busy (batch-sized requests)."""
+    http = Http1Upstream(connect_timeout_s=5, read_timeout_s=600, max_connections_per_host=4096)
+    done = 0
+    stop = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            outcome = await _one(http, url, "a", "batch", _MEAN_OUTPUT)
+            done += outcome.status == 200
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await http.aclose()
+    return done / duration_s
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _jain(values: list[float]) -> float:
+    if not values or not any(values):
+        return 1.0
+    return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
+
+
+def _summarise(outcomes: list[_Outcome], duration_s: float, ts: float) -> dict[str, Any]:
+    classes: dict[str, Any] = {}
+    for cls, (metric, limit) in _TARGETS.items():
+        mine = [o for o in outcomes if o.slo_class == cls]
+        met = [
+            o
+            for o in mine
+            if o.status == 200
+            and ((o.ttft_s if metric == "ttft" else o.e2e_s) or math.inf) * ts <= limit
+        ]
+        ttfts = [o.ttft_s * ts for o in mine if o.ttft_s is not None]
+        classes[cls] = {
+            "offered": len(mine),
+            "refused": sum(1 for o in mine if o.status == 429),
+            "failed": sum(1 for o in mine if o.status not in (200, 429)),
+            "attainment": round(len(met) / len(mine), 4) if mine else None,
+            "goodput_rps": round(len(met) / duration_s, 2),
+            "ttft_p50_s": _percentile(ttfts, 0.5),
+            "ttft_p99_s": _percentile(ttfts, 0.99),
+        }
+    # Fairness between the batch tenants: served tokens over their max-min fair share.
+    served = {t: sum(o.output_tokens for o in outcomes if o.tenant == t) for t in "ab"}
+    demand = {
+        t: sum(out for tenant, _, _, out in _STREAMS if tenant == t)
+        * sum(1 for o in outcomes if o.tenant == t)
+        / max(1, sum(1 for tenant, *_ in _STREAMS if tenant == t))
+        for t in "ab"
+    }
+    total = sum(served.values())
+    fair = {"b": min(demand["b"], total / 2)}
+    fair["a"] = total - fair["b"]
+    jain = _jain([served[t] / fair[t] if fair[t] else 1.0 for t in "ab"])
+    return {"classes": classes, "jain_batch_tenants": round(jain, 4), "served_tokens": served}
+
+
+def run_slo(
+    *,
+    replicas: int = 1,
+    slots: int = 16,
+    time_scale: float = 1.0,
+    loads: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0),
+    duration_s: float = 20.0,
+    seed: int = 7,
+    out: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="inferplane-bench-slo-"))
+    py = [sys.executable, "-m", "inferplane"]
+    children: list[launcher.Child] = []
+    try:
+        urls = []
+        for _ in range(replicas):
+            port = launcher.free_port()
+            argv = [*py, "engine", "emulate", "--port", str(port), "--time-scale", str(time_scale)]
+            child = launcher.start(
+                f"engine-{port}", f"http://127.0.0.1:{port}", argv, log_dir=workdir
+            )
+            children.append(child)
+            urls.append(child.url)
+        gateways = {}
+        for name in ("inferplane", "fifo"):
+            port = launcher.free_port()
+            config = workdir / f"{name}.yaml"
+            config.write_text(_config(name, urls, port, workdir, slots, time_scale))
+            gateways[name] = launcher.start(
+                name, f"http://127.0.0.1:{port}", [*py, "serve", "--config", str(config)],
+                log_dir=workdir,
+            )  # fmt: skip
+            children.append(gateways[name])
+        launcher.wait_healthy(children)
+        capacity = asyncio.run(
+            _capacity(gateways["inferplane"].url, replicas * slots * 2, duration_s / 2)
+        )
+        echo(f"fleet capacity (closed loop, {replicas * slots} slots): {capacity:.1f} req/s")
+        rows = []
+        header = (
+            f"{'load':>5} {'gateway':<11}{'class':<12}{'attain':>8}{'goodput':>9}"
+            f"{'p50 ttft':>10}{'p99 ttft':>10}{'refused':>8}"
+        )
+        echo(header)
+        for load in loads:
+            for name, child in gateways.items():
+                outcomes = asyncio.run(_open_loop(child.url, load * capacity, duration_s, seed))
+                summary = _summarise(outcomes, duration_s, time_scale)
+                rows.append({"load": load, "gateway": name, **summary})
+                for cls, c in summary["classes"].items():
+                    echo(
+                        f"{load:>5} {name:<11}{cls:<12}{_fmt(c['attainment'], 3):>8}"
+                        f"{c['goodput_rps']:>9.2f}{_fmt(c['ttft_p50_s'], 2):>10}"
+                        f"{_fmt(c['ttft_p99_s'], 2):>10}{c['refused']:>8}"
+                    )
+                echo(f"{'':>5} {name:<11}jain(batch tenants) {summary['jain_batch_tenants']}")
+    finally:
+        launcher.stop_all(children)
+    report = {
+        "benchmark": "slo",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "params": {
+            "replicas": replicas,
+            "slots_per_replica": slots,
+            "time_scale": time_scale,
+            "duration_s": duration_s,
+            "seed": seed,
+            "targets": _TARGETS,
+            "streams": _STREAMS,
+        },
+        "capacity_rps": round(capacity, 2),
+        "rows": rows,
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
