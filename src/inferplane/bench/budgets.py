@@ -13,11 +13,8 @@ and their ratios to bare. The target of the budgets issue: >= 0.85 x bare.
 from __future__ import annotations
 
 import asyncio
-import json
-import platform
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ import orjson
 
 from inferplane import launcher
 from inferplane.bench._loadgen import run_load
+from inferplane.bench._report import save_report
 from inferplane.bench.overhead import cpu_seconds
 
 __all__ = ["run_budgets"]
@@ -150,19 +148,9 @@ def run_budgets(
         cpu_ratio = s["cpu_us_per_request"] / bare["cpu_us_per_request"]
         ratios[name] = {"throughput": round(ratio, 3), "cpu_per_request": round(cpu_ratio, 3)}
         echo(f"{name}/bare: throughput {ratio:.3f}, CPU per request {cpu_ratio:.3f}")
-    report = {
-        "benchmark": "budgets",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
-        "params": {
-            "concurrency": concurrency,
-            "duration_s": duration_s,
-            "rounds": rounds,
-        },
-        "gateways": summary,
-        "ratios_to_bare": ratios,
-    }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-    return report
+    return save_report(
+        "budgets",
+        {"concurrency": concurrency, "duration_s": duration_s, "rounds": rounds},
+        {"gateways": summary, "ratios_to_bare": ratios},
+        out,
+    )

@@ -20,12 +20,9 @@ side-by-side differences and ratios are the result.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import platform
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ import orjson
 
 from inferplane import launcher
 from inferplane.bench._loadgen import LoadResult, run_load
+from inferplane.bench._report import save_report
 
 __all__ = ["SCENARIOS", "Scenario", "run_overhead"]
 
@@ -171,24 +169,16 @@ def run_overhead(
                 echo(_format_row(rows[-1]))
     finally:
         launcher.stop_all([gateway, *engines])
-    report = {
-        "benchmark": "overhead",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": _cpus(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "params": {
+    save_report(
+        "overhead",
+        {
             "duration_s": duration_s,
             "gateway_workers": 1,
             "scenarios": [vars(s) for s in scenarios],
         },
-        "rows": rows,
-    }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
+        {"rows": rows},
+        out,
+    )
     return rows
 
 
@@ -231,10 +221,6 @@ async def _measure(
     )
     cpu = cpu_seconds(gateway.process.pid) - cpu_before
     return _row(scenario, concurrency, direct, via, cpu)
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 HEADER = (

@@ -27,9 +27,7 @@ served while the load lasted, each divided by its max-min fair share.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import platform
 import random
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from typing import Any
 import orjson
 
 from inferplane import launcher
+from inferplane.bench._report import save_report
 from inferplane.gateway import Http1Upstream
 from inferplane.gateway._upstream import UpstreamError
 from inferplane.wire import SSEDecoder, sse_payload
@@ -325,11 +324,9 @@ def run_slo(
             echo(f"fairness, 10:1 demand at 2x: {name:<11} Jain {fairness[name]['jain']}")
     finally:
         launcher.stop_all(children)
-    report = {
-        "benchmark": "slo",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
-        "params": {
+    return save_report(
+        "slo",
+        {
             "replicas": replicas,
             "slots_per_replica": slots,
             "time_scale": time_scale,
@@ -338,14 +335,9 @@ def run_slo(
             "targets": _TARGETS,
             "streams": _STREAMS,
         },
-        "capacity_rps": round(capacity, 2),
-        "rows": rows,
-        "fairness_10_to_1_at_2x": fairness,
-    }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-    return report
+        {"capacity_rps": round(capacity, 2), "rows": rows, "fairness_10_to_1_at_2x": fairness},
+        out,
+    )
 
 
 def _fmt(value: float | None, digits: int) -> str:
