@@ -41,8 +41,7 @@ import orjson
 
 from inferplane import launcher
 from inferplane.bench._report import save_report
-from inferplane.gateway import Http1Upstream
-from inferplane.gateway._upstream import UpstreamError
+from inferplane.gateway import Http1Upstream, UpstreamError
 from inferplane.wire import SSEDecoder, sse_payload
 
 __all__ = ["run_slo"]
