@@ -111,6 +111,7 @@ def start_gateway(
         lease_ttl_s: float = 30.0,
         backend_cooldown_s: float = 30.0,
         outlier_errors: int = 5,
+        health_check_s: float = 5.0,
         backend: str = "",
     ) -> Gateway:
         port = port or launcher.free_port()
@@ -134,6 +135,7 @@ gateway:
   backend_cooldown_s: {backend_cooldown_s}
   lease_ttl_s: {lease_ttl_s}
   outlier_consecutive_errors: {outlier_errors}
+  health_check_interval_s: {health_check_s}
 admin_key_sha256: {hash_key(ADMIN_KEY)}
 models:
   {MODEL}:

@@ -10,6 +10,8 @@ import time
 import httpx
 import pytest
 
+from inferplane import launcher
+
 from .conftest import KEY, MODEL, StartEmulator, StartGateway, client, ledger_rows
 
 pytestmark = pytest.mark.integration
@@ -87,3 +89,27 @@ def test_killing_a_replica_under_load_loses_no_request_that_had_not_begun_answer
     assert set(statuses) == {200}
     retried = [r for r in ledger_rows(gateway, len(statuses)) if r["retries"]]
     assert retried and {r["backend"] for r in retried} == {survivor.url.removeprefix("http://")}
+
+
+def test_health_checks_keep_traffic_off_a_backend_that_is_down_until_it_is_up(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
+    port = launcher.free_port()  # nothing listens there yet
+    live = start_emulator(time_scale=50.0)
+    gateway = start_gateway(
+        [f"http://127.0.0.1:{port}", live.url], backend_cooldown_s=30.0, health_check_s=0.2
+    )
+    time.sleep(0.6)  # a few checks: the dead one is ejected before any request
+    c = client(gateway.url)
+    for _ in range(6):
+        c.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
+    assert [r["retries"] for r in ledger_rows(gateway, expected=6)] == [0] * 6
+    # It comes up: a passing check lets it have its probe long before its 30 s ejection ends.
+    start_emulator(time_scale=50.0, port=port)
+    for _ in range(100):
+        c.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
+        if any(r["backend"] == f"127.0.0.1:{port}" for r in ledger_rows(gateway, 0)):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the backend that came up never got traffic")

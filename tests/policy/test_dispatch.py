@@ -128,3 +128,13 @@ def test_slots_are_never_overfilled_and_nothing_is_lost(
         # Every request is queued, running or finished/refused/expired: exactly one of them.
         assert queued | {rid for rid, _ in running} | gone == seen
         assert not queued & gone and not queued & {rid for rid, _ in running}
+
+
+def test_work_waits_rather_than_go_to_an_ejected_replica_unless_all_are() -> None:
+    d = Dispatcher(CLASSES, [1, 1], aging_s=10)
+    for i in range(3):
+        d.submit(item(f"r{i}"), 0.0)
+    started = d.dispatch(0.0, usable=lambda i: i == 1)
+    assert [r for _, r in started] == [1]  # replica 0 has room but is ejected
+    # Every replica ejected: trying one beats waiting out the ejections.
+    assert [r for _, r in d.dispatch(0.0, usable=lambda i: False)] == [0]

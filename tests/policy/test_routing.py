@@ -91,3 +91,14 @@ def test_needs_a_backend_and_sane_weights() -> None:
         router(0)
     with pytest.raises(ValueError):
         router(2, weights=[1.0, -1.0])  # type: ignore[arg-type]
+
+
+def test_health_checks_eject_at_once_and_a_passing_one_brings_the_probe_forward() -> None:
+    h = Health(2, base_ejection_s=30)
+    h.checked(0, ok=False, now=0.0)
+    assert not h.available(0, now=1.0)
+    h.checked(0, ok=False, now=1.0)  # still down: the ejection is not prolonged per check
+    h.checked(0, ok=True, now=2.0)
+    assert h.available(0, now=2.0)  # its probe may go now, not at 30 s
+    h.sent(0)
+    assert not h.available(0, now=2.0)  # one probe at a time

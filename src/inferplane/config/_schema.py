@@ -66,6 +66,8 @@ class GatewaySettings(_Strict):
     # most this share of the model's requests in flight, but always retry_budget_min.
     retry_budget_ratio: float = Field(0.2, ge=0, le=1)
     retry_budget_min: int = Field(3, ge=0)
+    # Active health checks: GET /health on every backend this often (0: off).
+    health_check_interval_s: float = Field(5.0, ge=0)
     max_connections_per_backend: int = Field(1024, ge=1)
     # Budget leases of a process that stopped heart-beating return to the pool after this.
     lease_ttl_s: float = Field(30.0, ge=1, le=3600)

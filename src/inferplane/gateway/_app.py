@@ -24,6 +24,7 @@ from inferplane.gateway._admin import AdminApi
 from inferplane.gateway._auth import Principal, Registry
 from inferplane.gateway._budgets import BudgetGate, worst_case
 from inferplane.gateway._http1 import Http1Upstream
+from inferplane.gateway._probe import check_forever
 from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
 from inferplane.gateway._queue import CLASS_HEADER, ModelQueue, TenantWeights
 from inferplane.gateway._upstream import Upstream
@@ -79,6 +80,7 @@ class Gateway:
         self.registry: Registry | None = None
         self.store: TenantStore | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.config.gateway
@@ -98,7 +100,8 @@ class Gateway:
         weights = TenantWeights(self.registry.tenants)
         for name, model in self.config.models.items():
             if any(b.max_concurrency is not None for b in model.backends):
-                queue = self.queues[name] = ModelQueue(self.config, name, weights)
+                health = self.routes[name].router.health
+                queue = self.queues[name] = ModelQueue(self.config, name, weights, health)
                 for cls in self.config.slo_classes:
                     self.metrics.watch_queue(name, cls, functools.partial(queue.depth, cls))
         # Unique among live gateways: this host and port (the port is ours while we run).
@@ -107,6 +110,14 @@ class Gateway:
         await self.gate.start(time.time())
         self.proxy = Proxy(upstream, self.metrics, ledger, self.gate)
         self._ticker = asyncio.create_task(self._tick(), name="budget-ticker")
+        if s.health_check_interval_s > 0:
+            targets = [
+                (route.router.health, i, backend.url)
+                for route in self.routes.values()
+                for i, backend in enumerate(route.backends)
+            ]
+            checks = check_forever(targets, s.health_check_interval_s, s.connect_timeout_s)
+            self._checker = asyncio.create_task(checks, name="health-checks")
 
     async def _tick(self) -> None:
         """Budget upkeep, and tenants other gateway processes changed."""
@@ -137,8 +148,9 @@ class Gateway:
         return self.gate
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in (self._ticker, self._checker):
+            if task is not None:
+                task.cancel()
         if self.proxy is not None:
             await self.proxy.upstream.aclose()
             self.proxy.ledger.close()  # commits what is queued, so leases are consumed

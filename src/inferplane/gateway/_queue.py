@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from inferplane.config import Config, Tenant
-from inferplane.policy import ClassPolicy, Dispatcher, QueueItem, Unattainable
+from inferplane.policy import ClassPolicy, Dispatcher, Health, QueueItem, Unattainable
 from inferplane.wire import OpenAIError
 
 __all__ = ["CLASS_HEADER", "ModelQueue", "TenantWeights", "unattainable"]
@@ -39,7 +39,9 @@ class TenantWeights(Mapping[str, float]):
 class ModelQueue:
     """The queue of one logical model and the replica slots it hands out."""
 
-    def __init__(self, config: Config, model: str, weights: Mapping[str, float]) -> None:
+    def __init__(
+        self, config: Config, model: str, weights: Mapping[str, float], health: Health
+    ) -> None:
         classes = {
             name: ClassPolicy(name, c.priority, c.max_queue_s)
             for name, c in config.slo_classes.items()
@@ -50,6 +52,7 @@ class ModelQueue:
             aging_s=config.queue_aging_s,
             tenant_weights=weights,
         )
+        self._health = health
         self._waiting: dict[str, asyncio.Future[int]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
@@ -83,11 +86,13 @@ class ModelQueue:
 
     def _pump(self) -> None:
         now = time.monotonic()
-        for item, replica in self.dispatcher.dispatch(now):
+        health = self._health
+        for item, replica in self.dispatcher.dispatch(now, lambda i: health.available(i, now)):
             future = self._waiting.get(item.request_id)
             if future is None or future.done():
                 self.dispatcher.finished(replica, 0.0)  # nobody waits for it any more
                 continue
+            health.sent(replica)
             future.set_result(replica)
         self._arm(now)
 

@@ -18,7 +18,7 @@ than ``max_queue_s`` (the prediction was wrong) leaves the queue refused.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from inferplane.policy._queueing import DispatchQueue, QueueItem, SloClass
@@ -82,12 +82,18 @@ class Dispatcher:
         self.queue.push(item)
         return None
 
-    def dispatch(self, now: float) -> list[tuple[QueueItem, int]]:
+    def dispatch(
+        self, now: float, usable: Callable[[int], bool] | None = None
+    ) -> list[tuple[QueueItem, int]]:
         """The queued requests to start now, each with the replica that has room for it
-        (the one with the fewest in flight)."""
+        (the one with the fewest in flight). ``usable`` says which replicas may take
+        work (their breakers); when none may, any with room does (trying beats waiting
+        out every ejection)."""
+        if usable is not None and not any(usable(i) for i in range(len(self.slots))):
+            usable = None
         started = []
         while len(self.queue):
-            replica = self._roomiest()
+            replica = self._roomiest(usable)
             if replica is None:
                 break
             item = self.queue.pop(now)
@@ -143,10 +149,12 @@ class Dispatcher:
 
     # -- internals -------------------------------------------------------------
 
-    def _roomiest(self) -> int | None:
+    def _roomiest(self, usable: Callable[[int], bool] | None = None) -> int | None:
         best = None
         for i, limit in enumerate(self.slots):
             if limit is not None and self.in_flight[i] >= limit:
+                continue
+            if usable is not None and not usable(i):
                 continue
             if best is None or self.in_flight[i] < self.in_flight[best]:
                 best = i

@@ -91,6 +91,17 @@ class Health:
         duration = min(self.max_ejection_s, self.base_ejection_s * b.ejections_in_a_row)
         b.state, b.open_until, b.probing = BreakerState.OPEN, now + duration, False
 
+    def checked(self, index: int, ok: bool, now: float) -> None:
+        """An active health check's outcome: a failed one ejects at once (nothing
+        listens, or it says it is unwell); a passing one lets an ejected replica have
+        its probe request now instead of at the end of its ejection."""
+        b = self.breakers[index]
+        if not ok:
+            if b.state is not BreakerState.OPEN:
+                self.failed(index, now, refused=True)
+        elif b.state is BreakerState.OPEN:
+            b.open_until = min(b.open_until, now)
+
     def soonest_back(self, candidates: list[int]) -> int | None:
         """Of ``candidates``, the one whose ejection ends first (when all are ejected,
         trying one beats refusing)."""
