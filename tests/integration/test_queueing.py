@@ -121,3 +121,28 @@ def test_an_unknown_class_is_400(slow: launcher.Child, start_gateway: StartGatew
     with pytest.raises(openai.BadRequestError) as bad:
         ask(gateway, "platinum", max_tokens=2)
     assert bad.value.code == "invalid_header"
+
+
+def test_slots_learned_from_the_replicas_metrics_move_the_queue_into_the_gateway(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
+    engine = start_emulator("--max-num-seqs", "4", time_scale=1.0)
+    gateway = start_gateway([engine.url], backend="max_concurrency: auto", health_check_s=0.2)
+    threads = [in_background(ask, gateway, "batch", 300)[0] for _ in range(10)]
+    # The engine runs 4 and queues 6; once the gateway has read that from /metrics it
+    # stops sending more than 4, so later requests wait in the gateway's queue instead.
+    time.sleep(0.8)
+    threads += [in_background(ask, gateway, "batch", 20)[0] for _ in range(4)]
+    depth = f'inferplane_queue_depth{{gen_ai_request_model="{MODEL}",slo_class="batch"}}'
+    seen = 0.0
+    for _ in range(40):
+        for line in httpx.get(gateway.url + "/metrics").text.splitlines():
+            if line.startswith(depth):
+                seen = max(seen, float(line.rsplit(" ", 1)[1]))
+        if seen >= 4:
+            break
+        time.sleep(0.05)
+    assert seen >= 4
+    for t in threads:
+        t.join(timeout=60)
+    assert len(ledger_rows(gateway, expected=14)) == 14

@@ -7,7 +7,7 @@ import re
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -87,8 +87,9 @@ class Backend(_Strict):
     api_key_env: str | None = None  # environment variable holding the backend's key
     time_scale: float = Field(1.0, gt=0)  # emulated only: engine seconds per wall second
     # Requests the gateway sends it at once; more wait in the gateway's queue, where
-    # priority and fairness apply. None: no limit, no queue.
-    max_concurrency: int | None = Field(None, ge=1, le=100_000)
+    # priority and fairness apply. "auto": learned from its /metrics (vLLM names),
+    # starting at 16. None: no limit, no queue.
+    max_concurrency: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] | None = None
     # Share of new traffic relative to the others (a canary at 0.05; 0 takes none).
     weight: float = Field(1.0, ge=0, le=1000)
 

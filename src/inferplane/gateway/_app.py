@@ -24,7 +24,7 @@ from inferplane.gateway._admin import AdminApi
 from inferplane.gateway._auth import Principal, Registry
 from inferplane.gateway._budgets import BudgetGate, worst_case
 from inferplane.gateway._http1 import Http1Upstream
-from inferplane.gateway._probe import check_forever
+from inferplane.gateway._probe import Target, check_forever
 from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
 from inferplane.gateway._queue import CLASS_HEADER, ModelQueue, TenantWeights
 from inferplane.gateway._upstream import Upstream
@@ -111,11 +111,14 @@ class Gateway:
         self.proxy = Proxy(upstream, self.metrics, ledger, self.gate)
         self._ticker = asyncio.create_task(self._tick(), name="budget-ticker")
         if s.health_check_interval_s > 0:
-            targets = [
-                (route.router.health, i, backend.url)
-                for route in self.routes.values()
-                for i, backend in enumerate(route.backends)
-            ]
+            targets = []
+            for name, route in self.routes.items():
+                model_queue = self.queues.get(name)
+                for i, backend in enumerate(route.backends):
+                    learn = None
+                    if model_queue is not None and model_queue.learned[i]:
+                        learn = functools.partial(model_queue.learn, i)
+                    targets.append(Target(route.router.health, i, backend.url, learn))
             checks = check_forever(targets, s.health_check_interval_s, s.connect_timeout_s)
             self._checker = asyncio.create_task(checks, name="health-checks")
 

@@ -12,12 +12,22 @@ import time
 from collections.abc import Iterator, Mapping
 
 from inferplane.config import Config, Tenant
-from inferplane.policy import ClassPolicy, Dispatcher, Health, QueueItem, Unattainable
+from inferplane.policy import (
+    ClassPolicy,
+    Dispatcher,
+    EngineLoad,
+    Health,
+    QueueItem,
+    Unattainable,
+    learn_slots,
+)
 from inferplane.wire import OpenAIError
 
 __all__ = ["CLASS_HEADER", "ModelQueue", "TenantWeights", "unattainable"]
 
 CLASS_HEADER = "x-inferplane-class"
+# Slots of a replica whose concurrency is learned, before it reported anything.
+_AUTO_START = 16
 
 
 class TenantWeights(Mapping[str, float]):
@@ -46,9 +56,12 @@ class ModelQueue:
             name: ClassPolicy(name, c.priority, c.max_queue_s)
             for name, c in config.slo_classes.items()
         }
+        backends = config.models[model].backends
+        self.learned = [b.max_concurrency == "auto" for b in backends]
+        slots = [_slots(b.max_concurrency) for b in backends]
         self.dispatcher = Dispatcher(
             classes,
-            [b.max_concurrency for b in config.models[model].backends],
+            slots,
             aging_s=config.queue_aging_s,
             tenant_weights=weights,
         )
@@ -78,6 +91,14 @@ class ModelQueue:
             raise
         finally:
             self._waiting.pop(item.request_id, None)
+
+    def learn(self, replica: int, load: EngineLoad) -> None:
+        """Adjust a learned replica's slots to what it reports; start what now fits."""
+        d = self.dispatcher
+        current = d.slots[replica]
+        assert current is not None
+        d.slots[replica] = learn_slots(current, load, d.in_flight[replica])
+        self._pump()
 
     def release(self, replica: int, service_s: float) -> None:
         """A request let go of its slot: start what waits."""
@@ -123,6 +144,10 @@ class ModelQueue:
         if expiry is not None:
             delay = max(0.0, expiry - now) + 0.001
             self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+
+def _slots(max_concurrency: int | str | None) -> int | None:
+    return _AUTO_START if max_concurrency == "auto" else max_concurrency  # type: ignore[return-value]
 
 
 def unattainable(refused: Unattainable) -> OpenAIError:

@@ -19,6 +19,7 @@ from inferplane.policy._budgets import (
     charge_scopes,
     units_that_fit,
 )
+from inferplane.policy._capacity import EngineLoad, learn_slots
 from inferplane.policy._dispatch import ClassPolicy, Dispatcher, Unattainable
 from inferplane.policy._health import Breaker, BreakerState, Health
 from inferplane.policy._leases import LeaseAsk, LeaseGrant, lease_ask, lease_grant
@@ -38,6 +39,7 @@ __all__ = [
     "ClassPolicy",
     "DispatchQueue",
     "Dispatcher",
+    "EngineLoad",
     "Granted",
     "Health",
     "LeaseAsk",
@@ -53,6 +55,7 @@ __all__ = [
     "Unattainable",
     "Window",
     "charge_scopes",
+    "learn_slots",
     "lease_ask",
     "lease_grant",
     "least_loaded_of_two",
