@@ -147,7 +147,10 @@ class ModelQueue:
 
 
 def _slots(max_concurrency: int | str | None) -> int | None:
-    return _AUTO_START if max_concurrency == "auto" else max_concurrency  # type: ignore[return-value]
+    """The slots a replica starts with: its configured limit, or a start to learn from."""
+    if isinstance(max_concurrency, str):  # "auto"
+        return _AUTO_START
+    return max_concurrency
 
 
 def unattainable(refused: Unattainable) -> OpenAIError:
