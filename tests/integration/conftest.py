@@ -113,6 +113,7 @@ def start_gateway(
         outlier_errors: int = 5,
         health_check_s: float = 5.0,
         backend: str = "",
+        extra_models: str = "",
     ) -> Gateway:
         port = port or launcher.free_port()
         data_dir = data_dir or workdir / f"data-{port}"
@@ -142,6 +143,7 @@ models:
     {model}
     backends:
 {backends}
+{extra_models}
 tenants:
   tenant-a:
     keys: [{{name: a, sha256: {hash_key(KEY)}}}]

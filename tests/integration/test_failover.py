@@ -113,3 +113,25 @@ def test_health_checks_keep_traffic_off_a_backend_that_is_down_until_it_is_up(
         time.sleep(0.1)
     else:
         pytest.fail("the backend that came up never got traffic")
+
+
+def test_a_model_that_cannot_serve_falls_back_along_its_chain(
+    start_emulator: StartEmulator, start_gateway: StartGateway
+) -> None:
+    spare = start_emulator(time_scale=50.0)
+    dead = f"http://127.0.0.1:{launcher.free_port()}"
+    gateway = start_gateway(
+        [dead],
+        model="fallback: [spare]",
+        extra_models=(
+            f"  spare:\n    backends: [{{url: '{spare.url}', engine: vllm, model: {MODEL}}}]"
+        ),
+    )
+    reply = client(gateway.url).chat.completions.with_raw_response.create(
+        model=MODEL, messages=HI, max_tokens=3
+    )
+    assert reply.parse().usage.completion_tokens == 3  # type: ignore[union-attr]
+    rid = reply.headers["x-request-id"]
+    rows = {r["request_id"]: r for r in ledger_rows(gateway, expected=2)}
+    assert (rows[rid]["model"], rows[rid]["status"]) == (MODEL, 502)
+    assert (rows[f"{rid}.1"]["model"], rows[f"{rid}.1"]["status"]) == ("spare", 200)

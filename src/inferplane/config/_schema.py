@@ -157,6 +157,9 @@ class Model(_Strict):
     input_token_weight: Decimal = Field(Decimal("0.25"), ge=0, le=10)
     # What a request without max_tokens is assumed to generate at most, for budgets.
     max_output_tokens: int = Field(4096, ge=1)
+    # Models to try in turn when this one cannot serve a request: no backend available,
+    # every backend answered an error, or its SLO class cannot be served in time.
+    fallback: list[Name] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _hourly_prices(self) -> Model:
@@ -317,6 +320,11 @@ class Config(_Strict):
                     "remove usage_ledger: false"
                 )
         for name, model in self.models.items():
+            unknown_fallbacks = [f for f in model.fallback if f not in self.models or f == name]
+            if unknown_fallbacks:
+                raise ValueError(
+                    f"model {name!r} falls back to {unknown_fallbacks}, which are not other models"
+                )
             labels = [b.label for b in model.backends]
             if len(set(labels)) != len(labels):
                 raise ValueError(f"model {name!r} lists the same backend twice")

@@ -56,6 +56,11 @@ def ledger_database(config: Config) -> Database:
     return Database.sqlite(config.data_dir / LEDGER_FILE)
 
 
+# Refusals after which a request may go on to the next model of its fallback chain:
+# nothing was generated (no backend took it, its class could not be served in time,
+# or every backend answered an error).
+_FALLBACK_CODES = frozenset({"upstream_unreachable", "slo_unattainable", "upstream_error"})
+
 # OpenAI operation names (gen_ai.operation.name) by route.
 _OPERATIONS = {
     "/v1/chat/completions": "chat",
@@ -165,17 +170,43 @@ class Gateway:
     # -- routes ------------------------------------------------------------
 
     async def generate(self, request: Request) -> Response:
-        """chat/completions, completions and embeddings: admit at the door, then forward."""
+        """chat/completions, completions and embeddings: admit at the door, then forward;
+        when the model cannot serve it (no backend available, or its class cannot be
+        served in time), along the model's fallback chain."""
         assert self.proxy is not None, "gateway not started"
         try:
-            route, body, raw, exchange = await self._admit(request)
+            principal, body, raw = await self._read(request)
         except OpenAIError as exc:
             self.metrics.refused(exc.code)
             raise
-        return await self.proxy.forward(route, request.scope["path"], body, raw, exchange)
+        model = body["model"]
+        chain = [model, *self.config.models[model].fallback]
+        request_id = request.scope["state"]["request_id"]
+        path = request.scope["path"]
+        for n, name in enumerate(chain):
+            attempt = dict(body, model=name)
+            try:
+                if n > 0:
+                    self._check_allowed(principal, name)
+                    raw = orjson.dumps(attempt)
+                # Each attempt is its own usage row; the client sees the first id.
+                attempt_id = request_id if n == 0 else f"{request_id}.{n}"
+                route, attempt, raw, exchange = await self._admit(
+                    request, principal, attempt, raw, attempt_id
+                )
+            except OpenAIError as exc:
+                self.metrics.refused(exc.code)
+                raise
+            try:
+                return await self.proxy.forward(route, path, attempt, raw, exchange)
+            except OpenAIError as exc:
+                if exc.code not in _FALLBACK_CODES or n == len(chain) - 1:
+                    raise
+                log.info("%s: %s; falling back to %s", name, exc.code, chain[n + 1])
+        raise AssertionError("the last model of a chain returns or raises")
 
-    async def _admit(self, request: Request) -> tuple[ModelRoute, dict[str, Any], bytes, Exchange]:
-        """Authenticate, validate, hold the budget; raises the OpenAI error of a refusal."""
+    async def _read(self, request: Request) -> tuple[Principal, dict[str, Any], bytes]:
+        """Authenticate and validate the body; raises the OpenAI error of a refusal."""
         principal = self._registry().authenticate(request.headers.get("authorization"))
         raw = await _read_body(request, self.config.gateway.max_body_bytes)
         body = _parse_json(raw)
@@ -197,6 +228,20 @@ class Gateway:
         stream = body.get("stream")
         if stream is not None and not isinstance(stream, bool):
             raise OpenAIError(400, "'stream' must be a boolean.", "invalid_value", param="stream")
+        return principal, body, raw
+
+    async def _admit(
+        self,
+        request: Request,
+        principal: Principal,
+        body: dict[str, Any],
+        raw: bytes,
+        request_id: str,
+    ) -> tuple[ModelRoute, dict[str, Any], bytes, Exchange]:
+        """Prepare one attempt at ``body["model"]`` (``raw`` is ``body`` serialised): its
+        class, route and budget hold."""
+        model = body["model"]
+        route = self.routes[model]
         operation = _OPERATIONS[request.scope["path"]]
         slo_class = request.headers.get(CLASS_HEADER) or principal.slo_class
         slo_class = slo_class or self.config.default_slo_class
@@ -211,7 +256,7 @@ class Gateway:
         assert self.gate is not None, "gateway not started"
         model_config = self.config.models[model]
         exchange = Exchange(
-            request_id=request.scope["state"]["request_id"],
+            request_id=request_id,
             principal=principal,
             model=model,
             operation=operation,
