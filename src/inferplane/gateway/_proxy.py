@@ -221,7 +221,9 @@ class Proxy:
             resp: UpstreamResponse | None = None
             try:
                 async with _until(ex.deadline):
-                    resp, backend = await self._send(route, path, body, raw, ex, rewrite=hide_usage)
+                    resp, backend, payload = await self._send(
+                        route, path, body, raw, ex, rewrite=hide_usage, whole=not stream
+                    )
                     ex.backend = backend.label
                     if resp.status >= 400:
                         raise await _upstream_refusal(resp, backend)
@@ -232,7 +234,8 @@ class Proxy:
                             headers=SSE_HEADERS,
                             on_abandon=lambda: self._abandon(resp, ex),
                         )
-                    payload = await resp.read()
+                    if payload is None:
+                        payload = await resp.read()
             except TimeoutError:
                 # The run's wall time ran out while the backend worked: stop it, charge
                 # what was held (how much it generated is unknown), refuse.
@@ -296,12 +299,14 @@ class Proxy:
         ex: Exchange,
         *,
         rewrite: bool,
-    ) -> tuple[UpstreamResponse, Backend]:
+        whole: bool,
+    ) -> tuple[UpstreamResponse, Backend, bytes | None]:
         """POST to a backend; on a refused connection, a connection lost before the answer
         began, or a 5xx (nothing has reached the client yet, so it is safe) try another.
         Each further attempt is a retry, charged to the request's budgets (which may
         refuse it); after a 5xx, only within the model's retry budget. Outcomes feed
-        the breakers."""
+        the breakers. For a ``whole`` answer the body is read here too (a replica can
+        die between its headers and its body), and returned."""
         health = route.router.health
         tried: set[int] = set()
         failure: OpenAIError | None = None
@@ -350,10 +355,19 @@ class Proxy:
                 log.warning("backend %s of %s answered %d", backend.label, route.name, resp.status)
                 ex.backend = backend.label
                 continue
+            answer = None
+            if whole and resp.status < 400:
+                try:
+                    answer = await resp.read()
+                except UpstreamDisconnected as exc:
+                    answered_5xx = False
+                    health.failed(i, time.monotonic())
+                    failure = _as_refusal(exc)
+                    continue
             health.succeeded(i)
             ex.backend_index = i
             route.router.sent(i, ex.size_tokens)
-            return resp, backend
+            return resp, backend, answer
         raise failure or OpenAIError(
             502, f"No backend of model '{route.name}' is available.", "upstream_unreachable"
         )
