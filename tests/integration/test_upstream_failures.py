@@ -28,12 +28,13 @@ def dead_url() -> str:
 
 def test_all_backends_down_is_502_at_once(start_gateway: StartGateway) -> None:
     gateway = start_gateway([dead_url(), dead_url()])
-    started = time.monotonic()
+    # Refused connections fail fast: a hang would end in the client's timeout instead.
     with pytest.raises(openai.APIStatusError) as down:
-        client(gateway.url).chat.completions.create(model=MODEL, messages=HI, max_tokens=1)
+        client(gateway.url).with_options(timeout=5).chat.completions.create(
+            model=MODEL, messages=HI, max_tokens=1
+        )
     assert down.value.status_code == 502
     assert down.value.code == "upstream_unreachable"
-    assert time.monotonic() - started < 10  # refused connections fail fast; no hang
     assert httpx.get(gateway.url + "/health").status_code == 200
 
 
