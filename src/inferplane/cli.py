@@ -252,6 +252,79 @@ def catalogue() -> None:
     console.print(models)
 
 
+# -- the twin --------------------------------------------------------------------
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML: fleet, policies, workload.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Result folder; twin-results/<scenario name> if omitted.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run a scenario on the digital twin: the gateway's policies on a simulated clock."""
+    from rich.progress import Progress
+
+    from inferplane.twin import run_scenario
+
+    folder = out or Path("twin-results") / scenario.stem
+    with Progress(console=err, transient=True, disable=quiet) as bar:
+        task = bar.add_task("simulating", total=None)
+
+        def progress(now: float, horizon: float | None) -> None:
+            bar.update(task, completed=now, total=horizon, description=f"t={now:,.0f} s")
+
+        summary = _guard(lambda: run_scenario(scenario, folder, progress))
+    _print_summary(summary)
+    console.print(f"results: {folder}/ (summary.json, timeseries.csv, requests.csv)")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:,.0f}"
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = _table(
+        f"{summary['requests']:,} requests over {summary['arrival_window_s']:,.0f} s "
+        "(latencies in ms)",
+        "",
+        "arrived",
+        "refused",
+        "SLO met",
+        "goodput/s",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "e2e p99",
+    )
+    for view in (summary["by_class"], summary["by_tenant"]):
+        for name, v in view.items():
+            attainment = v["slo_attainment"]
+            table.add_row(
+                name,
+                f"{v['arrived']:,}",
+                f"{sum(v['rejected'].values()):,}",
+                "-" if attainment is None else f"{attainment:.1%}",
+                f"{v['goodput_rps']:,.1f}",
+                _ms(v["ttft_s"]["p50"]),
+                _ms(v["ttft_s"]["p99"]),
+                _ms(v["tpot_s"]["p50"]),
+                _ms(v["e2e_s"]["p99"]),
+            )
+        table.add_section()
+    console.print(table)
+    refused = summary["total"]["rejected"] if summary["total"] else {}
+    if refused:
+        console.print("refused: " + ", ".join(f"{n:,} {why}" for why, n in refused.items()))
+    cost = summary["cost"]
+    per_1m = cost["per_1m_tokens_usd"]
+    console.print(
+        f"fleet cost ${cost['fleet_usd']:,.2f}"
+        + ("" if per_1m is None else f", ${per_1m:,.3f} per 1M tokens")
+    )
+
+
 # -- config and keys -----------------------------------------------------------
 
 
@@ -391,35 +464,58 @@ def usage_summary_cmd(
 @usage_app.command("export")
 def usage_export(
     config: ConfigOption = None,
-    format: Annotated[str, typer.Option(help="focus: FinOps FOCUS columns.")] = "focus",
+    format: Annotated[
+        str,
+        typer.Option(
+            help="focus: FinOps FOCUS cost rows, hourly. events: one row per request "
+            "(a trace `inferplane simulate` replays)."
+        ),
+    ] = "focus",
     out: Annotated[
         Path | None,
-        typer.Option(help="File to write (.parquet: Parquet, else CSV); stdout if omitted."),
+        typer.Option(
+            help="File to write (.parquet: Parquet, focus only; else CSV); stdout if omitted."
+        ),
     ] = None,
 ) -> None:
-    """Export cost rows (hourly, per tenant/key/workflow/run/model/backend)."""
+    """Export cost rows (hourly, per tenant/key/workflow/run/model/backend) or usage events."""
     import csv
 
-    from inferplane.ledger import FOCUS_COLUMNS, focus_rows, write_focus_parquet
+    from inferplane.ledger import FOCUS_COLUMNS, event_rows, focus_rows, write_focus_parquet
 
-    if format != "focus":
-        fail(f"unknown format {format!r}; supported: focus")
+    if format not in ("focus", "events"):
+        fail(f"unknown format {format!r}; supported: focus, events")
+    parquet = out is not None and out.suffix == ".parquet"
+    if parquet and format == "events":
+        fail("events are written as CSV; name the file .csv")
     db, database = _ledger_db(config)
-    with contextlib.closing(db):
-        rows = focus_rows(db, database)
-    if out is not None and out.suffix == ".parquet":
-        try:
-            write_focus_parquet(rows, str(out))
-        except ModuleNotFoundError:
-            fail("Parquet needs pyarrow: pip install 'inferplane[parquet]'")
-    else:
-        with contextlib.ExitStack() as stack:
+    count = 0
+    with contextlib.closing(db), contextlib.ExitStack() as stack:
+        if format == "events":
             handle = stack.enter_context(out.open("w", newline="")) if out else sys.stdout
-            writer = csv.DictWriter(handle, fieldnames=FOCUS_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+            writer = None
+            for row in event_rows(db, database):  # streamed: a ledger can be large
+                if writer is None:
+                    writer = csv.DictWriter(handle, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+                count += 1
+        else:
+            rows = focus_rows(db, database)
+            count = len(rows)
+            if parquet:
+                assert out is not None
+                try:
+                    write_focus_parquet(rows, str(out))
+                except ModuleNotFoundError:
+                    fail("Parquet needs pyarrow: pip install 'inferplane[parquet]'")
+            else:
+                handle = stack.enter_context(out.open("w", newline="")) if out else sys.stdout
+                writer = csv.DictWriter(handle, fieldnames=FOCUS_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
     if out:
-        console.print(f"{len(rows)} rows -> {out}")
+        console.print(f"{count} rows -> {out}")
 
 
 @bench_app.command("slo")

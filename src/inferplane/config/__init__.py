@@ -1,6 +1,12 @@
 """Configuration: schema, loader with line-numbered errors, and the embedded default."""
 
-from inferplane.config._load import ConfigError, default_config_text, load_config, parse_config
+from inferplane.config._load import (
+    ConfigError,
+    default_config_text,
+    load_config,
+    parse_config,
+    parse_yaml,
+)
 from inferplane.config._schema import (
     RUN_ID,
     ApiKey,
@@ -35,4 +41,5 @@ __all__ = [
     "default_config_text",
     "load_config",
     "parse_config",
+    "parse_yaml",
 ]

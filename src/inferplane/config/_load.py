@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from inferplane.config._schema import Config
 
-__all__ = ["ConfigError", "default_config_text", "load_config", "parse_config"]
+__all__ = ["ConfigError", "default_config_text", "load_config", "parse_config", "parse_yaml"]
 
 Path_ = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,11 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
+    return parse_yaml(text, Config, source, what="config")
+
+
+def parse_yaml(text: str, schema: type[M], source: str, *, what: str) -> M:
+    """``text`` validated as ``schema``; errors read ``source:line: key.path: message``."""
     lines: dict[Path_, int] = {}
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -50,9 +56,9 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: the config must be a mapping of keys")
+        raise ConfigError(f"{source}:1: the {what} must be a mapping of keys")
     try:
-        return Config.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
             "\n".join(_describe(err, source, lines) for err in exc.errors())

@@ -9,6 +9,7 @@ from inferplane.ledger._ledger import Charge, LedgerWriteError, NullLedger, SqlL
 from inferplane.ledger._query import (
     FOCUS_COLUMNS,
     GROUPS,
+    event_rows,
     focus_rows,
     usage_summary,
     write_focus_parquet,
@@ -33,6 +34,7 @@ __all__ = [
     "SqlLedger",
     "TenantStore",
     "UsageEvent",
+    "event_rows",
     "focus_rows",
     "migrate",
     "usage_summary",

@@ -8,14 +8,21 @@ gateway in a thread.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from inferplane.ledger._db import Connection, Database
 
-__all__ = ["FOCUS_COLUMNS", "GROUPS", "focus_rows", "usage_summary", "write_focus_parquet"]
+__all__ = [
+    "FOCUS_COLUMNS",
+    "GROUPS",
+    "event_rows",
+    "focus_rows",
+    "usage_summary",
+    "write_focus_parquet",
+]
 
 # Column for each grouping users may ask for; "day" is the UTC date of ``time``.
 GROUPS = {
@@ -172,6 +179,31 @@ def focus_rows(
             }
         )
     return rows
+
+
+def event_rows(
+    db: Connection, database: Database, *, start: float | None = None, end: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """One row per usage event, in time order, read as the cursor goes (flat memory).
+
+    Keys, in this order: request_id, time (ISO-8601 UTC with microseconds), tenant, key,
+    workflow, run, model, backend, slo_class, status, input_tokens, output_tokens,
+    cached_tokens, cost_usd (a decimal string), ttft_s, duration_s, retries,
+    finish_reason; unknown values are None. The twin replays this export as a trace.
+    """
+    columns = (
+        "request_id, time, tenant, key_name, workflow, run, model, backend, slo_class, status, "
+        "input_tokens, output_tokens, cached_tokens, cost_micros, ttft_s, duration_s, retries, "
+        "finish_reason"
+    )
+    keys = [{"key_name": "key", "cost_micros": "cost_usd"}.get(c, c) for c in columns.split(", ")]
+    where, params = _filters(start, end, None)
+    sql = f"SELECT {columns} FROM usage_events {where} ORDER BY time, request_id"
+    for values in db.execute(sql, params):
+        row = dict(zip(keys, values, strict=True))
+        row["time"] = datetime.fromtimestamp(row["time"], UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        row["cost_usd"] = _usd(row["cost_usd"])
+        yield row
 
 
 _COSTS = ("BilledCost", "EffectiveCost", "ListCost")

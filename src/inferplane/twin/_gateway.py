@@ -1,0 +1,195 @@
+"""The gateway on the twin's clock: the same policy objects the live gateway drives.
+
+Per logical model: ``policy.Dispatcher`` (admission by predicted wait, the
+priority and fairness queue, replica slots) when a replica group sets
+``max_concurrency``, ``policy.Router`` (round robin, least loaded, affinity)
+otherwise, ``policy.Health`` breakers under both, and the model's fallback
+chain when it cannot take a request. What the live gateway does with sockets
+and futures, this does with callbacks on the simulated clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from inferplane.config import SloClass
+from inferplane.engines import EngineRequest, Finished, Produced
+from inferplane.engines._core import Event
+from inferplane.perf import PerfModel, get_gpu, get_model
+from inferplane.policy import ClassPolicy, Dispatcher, Health, QueueItem, Router
+from inferplane.twin._loop import EventLoop
+from inferplane.twin._replica import SimReplica
+from inferplane.twin._scenario import Scenario, SimModel
+from inferplane.twin._workload import Arrival
+
+__all__ = ["SimGateway", "SimRequest"]
+
+_PAST_DUE = 1e-6
+
+
+@dataclass(slots=True, eq=False)
+class SimRequest:
+    id: str
+    arrival: Arrival
+    model: str  # the model serving it: the one asked for, or a fallback
+    slo_class: str
+    tokens: int  # worst case (prompt + output), as the gateway reserves
+    replica: SimReplica | None = None
+    route_index: int = -1  # the replica's index within its model
+    dispatched_at: float = 0.0
+    first_token_at: float | None = None
+
+
+# Told how each request ended: (request, time, outcome) with outcome "completed" or a
+# rejection reason.
+Outcome = Callable[[SimRequest, float, str], None]
+
+
+class SimRoute:
+    """One logical model: its replicas and the policies choosing between them."""
+
+    def __init__(self, name: str, spec: SimModel, replicas: list[SimReplica], sc: Scenario):
+        self.name = name
+        self.spec = spec
+        self.replicas = replicas
+        g = sc.gateway
+        self.health = Health(
+            len(replicas),
+            consecutive_errors=g.outlier_consecutive_errors,
+            base_ejection_s=g.backend_cooldown_s,
+            max_ejection_s=g.max_ejection_s,
+        )
+        groups = [group for group in spec.replicas for _ in range(group.count)]
+        self.router = Router(self.health, spec.routing, [group.weight for group in groups])
+        slots = [group.max_concurrency for group in groups]
+        self.dispatcher: Dispatcher | None = None
+        if any(s is not None for s in slots):
+            self.dispatcher = Dispatcher(
+                _class_policies(sc.slo_classes),
+                slots,
+                aging_s=sc.queue_aging_s,
+                tenant_weights={name: t.weight for name, t in sc.tenants.items()},
+            )
+        self.waiting: dict[str, SimRequest] = {}  # queued in the dispatcher
+        self.expiry_at: float | None = None
+
+
+class SimGateway:
+    def __init__(self, scenario: Scenario, loop: EventLoop, outcome: Outcome) -> None:
+        self.scenario = scenario
+        self.loop = loop
+        self._outcome = outcome
+        self.replicas: list[SimReplica] = []
+        self.routes: dict[str, SimRoute] = {}
+        self.in_engine: dict[str, SimRequest] = {}
+        for name, spec in scenario.models.items():
+            model = get_model(spec.catalogue or name)
+            members: list[SimReplica] = []
+            for group in spec.replicas:
+                perf = PerfModel(get_gpu(group.gpu), model, group.tp)
+                for _ in range(group.count):
+                    replica = SimReplica(
+                        len(self.replicas),
+                        f"{name}/{len(members)}",
+                        perf,
+                        group.limits(),
+                        group.hourly_price(),
+                        loop,
+                        self._engine_event,
+                    )
+                    self.replicas.append(replica)
+                    members.append(replica)
+            self.routes[name] = SimRoute(name, spec, members, scenario)
+
+    # -- requests ------------------------------------------------------------
+
+    def submit(self, request: SimRequest, now: float) -> None:
+        """A request reaches the gateway (or falls back to ``request.model``)."""
+        route = self.routes[request.model]
+        d = route.dispatcher
+        if d is None:
+            self._start(route, request, self._choose(route, request, now), now)
+            return
+        item = QueueItem(request.id, request.arrival.tenant, request.slo_class, request.tokens, now)
+        if d.submit(item, now) is not None:
+            self._refuse(request, now, "slo_unattainable")
+            return
+        route.waiting[request.id] = request
+        expiry = now + d.classes[request.slo_class].max_queue_s
+        if route.expiry_at is None or expiry + _PAST_DUE < route.expiry_at:
+            self._arm_expiry(route, expiry)
+        self._pump(route, now)
+
+    def _choose(self, route: SimRoute, request: SimRequest, now: float) -> int:
+        key = request.arrival.prefix_key or request.id
+        chosen = route.router.choose(now, frozenset(), key, request.tokens)
+        assert chosen is not None  # nothing excluded
+        return chosen
+
+    def _start(self, route: SimRoute, request: SimRequest, index: int, now: float) -> None:
+        replica = route.replicas[index]
+        request.replica, request.route_index, request.dispatched_at = replica, index, now
+        route.router.sent(index, request.tokens)
+        self.in_engine[request.id] = request
+        a = request.arrival
+        replica.add(EngineRequest(request.id, a.prompt_tokens, a.output_tokens), now)
+
+    def _refuse(self, request: SimRequest, now: float, reason: str) -> None:
+        """Fall back along the model's chain, or give up with ``reason``."""
+        chain = [request.arrival.model, *self.routes[request.arrival.model].spec.fallback]
+        position = chain.index(request.model)
+        if position + 1 < len(chain):
+            request.model = chain[position + 1]
+            self.submit(request, now)
+            return
+        self._outcome(request, now, reason)
+
+    # -- the queue -------------------------------------------------------------
+
+    def _pump(self, route: SimRoute, now: float) -> None:
+        d = route.dispatcher
+        assert d is not None
+        health = route.health
+        for item, index in d.dispatch(now, lambda i: health.available(i, now)):
+            request = route.waiting.pop(item.request_id)
+            health.sent(index)
+            self._start(route, request, index, now)
+
+    def _arm_expiry(self, route: SimRoute, at: float | None) -> None:
+        """Wake at ``at`` to take out requests that waited too long. Dispatching only
+        makes that later, so it is re-armed when it fires rather than on every change."""
+        if at is not None:
+            at += _PAST_DUE  # the bound is strict: expire() keeps a request due exactly now
+            self.loop.at(at, self._expire, route)
+        route.expiry_at = at
+
+    def _expire(self, now: float, route: SimRoute) -> None:
+        if route.expiry_at != now:
+            return  # an earlier expiry was armed after this one
+        assert route.dispatcher is not None
+        for item in route.dispatcher.expire(now):
+            self._refuse(route.waiting.pop(item.request_id), now, "queue_expired")
+        self._arm_expiry(route, route.dispatcher.next_expiry())
+
+    # -- what the engines report ---------------------------------------------
+
+    def _engine_event(self, replica: SimReplica, event: Event) -> None:
+        if isinstance(event, Produced):
+            request = self.in_engine[event.request_id]
+            if request.first_token_at is None:
+                request.first_token_at = event.time
+        elif isinstance(event, Finished):
+            request = self.in_engine.pop(event.request_id)
+            route = self.routes[request.model]
+            index = request.route_index
+            route.router.done(index, request.tokens)
+            route.health.succeeded(index)
+            self._outcome(request, event.time, "completed")
+            if route.dispatcher is not None:
+                route.dispatcher.finished(index, event.time - request.dispatched_at)
+                self._pump(route, event.time)
+
+
+def _class_policies(classes: dict[str, SloClass]) -> dict[str, ClassPolicy]:
+    return {name: ClassPolicy(name, c.priority, c.max_queue_s) for name, c in classes.items()}

@@ -1,0 +1,129 @@
+"""A twin scenario: the fleet, the gateway's policies, the workload; one YAML file.
+
+The policy sections are the gateway's own (``slo_classes``, ``default_slo_class``,
+``queue_aging_s``, tenant weights, per-model ``routing`` and ``fallback``, the
+``gateway`` breaker settings), so a policy tried in the twin is the one the
+gateway is configured with. Backends become replica groups described by their
+hardware instead of a URL.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from inferplane.config import ConfigError, GatewaySettings, SloClass, parse_yaml
+from inferplane.config._schema import DEFAULT_SLO_CLASSES, Name
+from inferplane.config._schema import _Strict as Strict
+from inferplane.engines import EngineLimits
+from inferplane.perf import PerfModel, get_gpu, get_model
+from inferplane.policy import RoutingMode
+from inferplane.twin._workload import WorkloadSpec
+
+__all__ = ["OutputSpec", "ReplicaGroup", "Scenario", "SimModel", "SimTenant", "load_scenario"]
+
+
+class ReplicaGroup(Strict):
+    """``count`` identical replicas: one engine on ``tp`` GPUs each."""
+
+    gpu: str
+    tp: int = Field(1, ge=1, le=64)
+    count: int = Field(1, ge=1, le=100_000)
+    # Engine limits (vLLM's flags of the same names).
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    enable_chunked_prefill: bool = True
+    kv_capacity_tokens: int | None = Field(None, ge=1)  # None: from the performance model
+    # The gateway's slots per replica, as a backend's max_concurrency (None: no queue).
+    max_concurrency: int | None = Field(None, ge=1)
+    weight: float = Field(1.0, ge=0, le=1000)
+    # USD per replica-hour; None: tp x the catalogue's on-demand GPU price.
+    price_per_hour: float | None = Field(None, ge=0)
+
+    def limits(self) -> EngineLimits:
+        return EngineLimits(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            kv_capacity_tokens=self.kv_capacity_tokens,
+        )
+
+    def hourly_price(self) -> float:
+        if self.price_per_hour is not None:
+            return self.price_per_hour
+        return self.tp * get_gpu(self.gpu).price_per_hour
+
+
+class SimModel(Strict):
+    """A logical model: what its replicas run and how the gateway spreads work."""
+
+    replicas: list[ReplicaGroup] = Field(min_length=1)
+    catalogue: str | None = None  # the catalogue model; defaults to the logical name
+    routing: RoutingMode = RoutingMode.ROUND_ROBIN
+    fallback: list[Name] = Field(default_factory=list)
+    # Cost split between requests: what a prompt token weighs against a generated one
+    # (the gateway's ``per_hour`` pricing rule).
+    input_token_weight: Decimal = Field(Decimal("0.25"), ge=0, le=10)
+
+
+class SimTenant(Strict):
+    weight: float = Field(1.0, gt=0, le=1000)
+
+
+class OutputSpec(Strict):
+    requests: bool = True  # one CSV row per request; off keeps memory flat
+    timeseries_interval_s: float = Field(10.0, gt=0)
+
+
+class Scenario(Strict):
+    seed: int = 0
+    models: dict[Name, SimModel] = Field(min_length=1)
+    slo_classes: dict[Name, SloClass] = Field(default_factory=lambda: dict(DEFAULT_SLO_CLASSES))
+    default_slo_class: Name = "interactive"
+    queue_aging_s: float = Field(10.0, gt=0)
+    tenants: dict[Name, SimTenant] = Field(default_factory=dict)
+    gateway: GatewaySettings = GatewaySettings()
+    workload: WorkloadSpec
+    output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        if self.default_slo_class not in self.slo_classes:
+            raise ValueError(
+                f"default_slo_class {self.default_slo_class!r} is not among slo_classes "
+                f"{sorted(self.slo_classes)}"
+            )
+        for name, model in self.models.items():
+            unknown = [f for f in model.fallback if f not in self.models or f == name]
+            if unknown:
+                raise ValueError(f"model {name!r} falls back to {unknown}, not other models")
+            for i, group in enumerate(model.replicas):
+                try:
+                    PerfModel(get_gpu(group.gpu), get_model(model.catalogue or name), group.tp)
+                    group.limits()
+                except ValueError as exc:
+                    raise ValueError(f"models.{name}.replicas.{i}: {exc}") from None
+        for model_name in self.workload.model_names():
+            if model_name not in self.models:
+                raise ValueError(
+                    f"the workload sends requests to model {model_name!r}, which is not "
+                    f"among models {sorted(self.models)}"
+                )
+        for slo_class in self.workload.slo_class_names():
+            if slo_class not in self.slo_classes:
+                raise ValueError(
+                    f"the workload uses SLO class {slo_class!r}, which is not among "
+                    f"slo_classes {sorted(self.slo_classes)}"
+                )
+        return self
+
+
+def load_scenario(path: Path) -> Scenario:
+    """The scenario at ``path``; `ConfigError` says which line is wrong and why."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read scenario: {exc.strerror}") from exc
+    return parse_yaml(text, Scenario, str(path), what="scenario")

@@ -1,0 +1,254 @@
+"""A twin run: arrivals in, the simulated gateway and fleet in between, measurements out.
+
+Arrivals are pulled from the workload one at a time (the next one is scheduled
+when the current one arrives), per-request rows are written as requests end,
+and everything else is counted, so memory does not grow with the number of
+requests. Same scenario and seed, same bytes out.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from inferplane.twin._gateway import SimGateway, SimRequest
+from inferplane.twin._loop import EventLoop
+from inferplane.twin._scenario import Scenario
+from inferplane.twin._stats import Stats, summarize
+from inferplane.twin._workload import Arrival, arrivals
+
+__all__ = ["REQUEST_COLUMNS", "Simulation"]
+
+REQUEST_COLUMNS = (
+    "request_id",
+    "arrival_s",
+    "tenant",
+    "workflow",
+    "slo_class",
+    "model",
+    "served_by",
+    "replica",
+    "outcome",
+    "prompt_tokens",
+    "output_tokens",
+    "queue_s",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "slo_met",
+)
+
+# Told (simulated seconds so far, seconds of arrivals in the workload or None).
+Progress = Callable[[float, float | None], None]
+
+
+class Simulation:
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        base_dir: Path = Path("."),
+        requests_out: TextIO | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.loop = EventLoop()
+        self.gateway = SimGateway(scenario, self.loop, self._ended)
+        self.stats = Stats()
+        self.timeseries: list[dict[str, Any]] = []
+        self._arrivals: Iterator[Arrival] = arrivals(
+            scenario.workload, seed=scenario.seed, base_dir=base_dir
+        )
+        self._rows = csv.writer(requests_out, lineterminator="\n") if requests_out else None
+        if self._rows is not None:
+            self._rows.writerow(REQUEST_COLUMNS)
+        self._progress = progress
+        self._count = 0
+        self._last_arrival = 0.0
+        self._exhausted = False
+        self._ttft_targets = {
+            n: getattr(c, "ttft_s", None) for n, c in scenario.slo_classes.items()
+        }
+        # (model, workflow) -> [requests, weighted tokens], for the cost split.
+        self._usage: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+        self._weights = {n: float(m.input_token_weight) for n, m in scenario.models.items()}
+        self._window: dict[str, int] = defaultdict(int)  # counts since the last sample
+        self._busy_mark = [0.0] * len(self.gateway.replicas)
+
+    def run(self) -> dict[str, Any]:
+        """Simulate until every arrival has ended; return the summary (JSON-ready)."""
+        self._next_arrival()
+        self.loop.at(0.0, self._sample)
+        self.loop.run()
+        return self.summary()
+
+    # -- arrivals --------------------------------------------------------------
+
+    def _next_arrival(self) -> None:
+        arrival = next(self._arrivals, None)
+        if arrival is None:
+            self._exhausted = True
+            return
+        self.loop.at(arrival.time, self._arrive, arrival)
+
+    def _arrive(self, now: float, arrival: Arrival) -> None:
+        self._count += 1
+        self._last_arrival = now
+        request = SimRequest(
+            f"r{self._count}",
+            arrival,
+            arrival.model,
+            arrival.slo_class,
+            arrival.prompt_tokens + arrival.output_tokens,
+        )
+        self.stats.cell(arrival.slo_class, arrival.tenant).totals.arrived += 1
+        self._window["arrived"] += 1
+        self.gateway.submit(request, now)
+        self._next_arrival()
+
+    # -- outcomes --------------------------------------------------------------
+
+    def _ended(self, request: SimRequest, now: float, outcome: str) -> None:
+        a = request.arrival
+        cell = self.stats.cell(a.slo_class, a.tenant)
+        t = cell.totals
+        ttft = tpot = e2e = queue = None
+        met = False
+        if outcome == "completed":
+            assert request.first_token_at is not None
+            t.completed += 1
+            t.input_tokens += a.prompt_tokens
+            t.output_tokens += a.output_tokens
+            queue = request.dispatched_at - a.time
+            ttft = request.first_token_at - a.time
+            e2e = now - a.time
+            s = cell.sketches
+            s["queue"].add(queue)
+            s["ttft"].add(ttft)
+            s["e2e"].add(e2e)
+            if a.output_tokens > 1:
+                tpot = (now - request.first_token_at) / (a.output_tokens - 1)
+                s["tpot"].add(tpot)
+            target = self._ttft_targets[a.slo_class]
+            met = target is None or ttft <= target
+            t.met_slo += met
+            usage = self._usage[(request.model, a.workflow or "")]
+            usage[0] += 1
+            usage[1] += a.output_tokens + a.prompt_tokens * self._weights[request.model]
+            self._window["completed"] += 1
+        else:
+            t.rejected[outcome] += 1
+            self._window["rejected"] += 1
+        if self._rows is not None:
+            replica = request.replica.name if request.replica is not None else ""
+            self._rows.writerow(
+                (
+                    request.id,
+                    _num(a.time),
+                    a.tenant,
+                    a.workflow or "",
+                    a.slo_class,
+                    a.model,
+                    request.model,
+                    replica,
+                    outcome,
+                    a.prompt_tokens,
+                    a.output_tokens,
+                    _num(queue),
+                    _num(ttft),
+                    _num(tpot),
+                    _num(e2e),
+                    int(met),
+                )
+            )
+
+    # -- time series -------------------------------------------------------------
+
+    def _sample(self, now: float, _: object = None) -> None:
+        interval = self.scenario.output.timeseries_interval_s
+        row: dict[str, Any] = {"time_s": now, **self._window}
+        self._window.clear()
+        for name, route in self.gateway.routes.items():
+            busy = 0.0
+            for r in route.replicas:
+                b = r.busy_until(now)
+                busy += b - self._busy_mark[r.index]
+                self._busy_mark[r.index] = b
+            n = len(route.replicas)
+            row[f"{name}.replicas"] = n
+            row[f"{name}.queued"] = len(route.waiting)
+            row[f"{name}.in_engine"] = sum(r.in_engine for r in route.replicas)
+            row[f"{name}.busy_fraction"] = busy / (n * interval) if now > 0 else 0.0
+            row[f"{name}.kv_usage"] = sum(r.core.kv_usage for r in route.replicas) / n
+        self.timeseries.append(row)
+        if self._progress is not None:
+            self._progress(now, getattr(self.scenario.workload, "duration_s", None))
+        idle = not self.gateway.in_engine and not any(
+            r.waiting for r in self.gateway.routes.values()
+        )
+        if not (self._exhausted and idle):
+            self.loop.at(now + interval, self._sample)
+
+    # -- summary ---------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        end = self.loop.now
+        window = self._last_arrival if self._last_arrival > 0 else end
+        total = self.stats.view("all").get("all")
+        replicas = []
+        cost_by_model: dict[str, float] = defaultdict(float)
+        for name, route in self.gateway.routes.items():
+            for r in route.replicas:
+                cost = r.price_per_hour * end / 3600
+                cost_by_model[name] += cost
+                replicas.append(
+                    {
+                        "name": r.name,
+                        "busy_fraction": r.busy_until(end) / end if end > 0 else 0.0,
+                        "price_per_hour": r.price_per_hour,
+                        "cost_usd": cost,
+                    }
+                )
+        return {
+            "requests": self._count,
+            "arrival_window_s": window,
+            "makespan_s": end,
+            "total": summarize(total, window) if total else None,
+            "by_class": {k: summarize(c, window) for k, c in self.stats.view("class").items()},
+            "by_tenant": {k: summarize(c, window) for k, c in self.stats.view("tenant").items()},
+            "replicas": replicas,
+            "cost": self._cost(cost_by_model, total.totals if total else None),
+        }
+
+    def _cost(self, by_model: dict[str, float], totals: Any) -> dict[str, Any]:
+        """The fleet's bill (every replica for the whole run, idle time included), and
+        its split between workflows by weighted tokens, as ``per_hour`` pricing does."""
+        fleet = sum(by_model.values())
+        weighted: dict[str, float] = defaultdict(float)
+        for (model, _), (_, w) in self._usage.items():
+            weighted[model] += w
+        workflows: dict[str, dict[str, float]] = {}
+        for (model, workflow), (n, w) in sorted(self._usage.items()):
+            share = by_model[model] * w / weighted[model] if weighted[model] else 0.0
+            entry = workflows.setdefault(workflow or "(none)", {"requests": 0, "cost_usd": 0.0})
+            entry["requests"] += n
+            entry["cost_usd"] += share
+        for entry in workflows.values():
+            entry["cost_per_request_usd"] = entry["cost_usd"] / entry["requests"]
+        tokens = totals.input_tokens + totals.output_tokens if totals else 0
+        completed = totals.completed if totals else 0
+        return {
+            "fleet_usd": fleet,
+            "per_1m_tokens_usd": fleet / tokens * 1e6 if tokens else None,
+            "per_request_usd": fleet / completed if completed else None,
+            "by_workflow": workflows,
+        }
+
+
+def _num(value: float | None) -> str:
+    """Seconds in CSV: microsecond resolution, empty when not applicable."""
+    return "" if value is None or math.isnan(value) else f"{value:.6f}"
