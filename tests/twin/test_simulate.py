@@ -1,0 +1,158 @@
+"""The twin end to end: known answers on an idle fleet, policies under overload, fallback,
+determinism to the byte, constant memory, and the CLI's errors."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferplane.config import ConfigError
+from inferplane.perf import PerfModel, StepShape, get_gpu, get_model
+from inferplane.twin import Scenario, Simulation, load_scenario, simulate_to
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def scenario(streams: list[dict[str, Any]], duration_s: float = 60, **extra: Any) -> Scenario:
+    models = extra.pop("models", None) or {
+        "m": {"catalogue": "llama-3.1-8b", "replicas": [{"gpu": "H100", "count": 1}]}
+    }
+    return Scenario.model_validate(
+        {
+            "seed": 3,
+            "models": models,
+            "workload": {"duration_s": duration_s, "streams": streams},
+            "output": {"requests": False},
+            **extra,
+        }
+    )
+
+
+def stream(rate: float, prompt: int = 512, output: int = 64, **extra: Any) -> dict[str, Any]:
+    return {
+        "tenant": "t",
+        "slo_class": "interactive",
+        "model": "m",
+        "rate": rate,
+        "prompt_tokens": {"fixed": prompt},
+        "output_tokens": {"fixed": output},
+        **extra,
+    }
+
+
+def test_an_idle_replica_serves_each_request_at_the_performance_models_pace() -> None:
+    # One request every ~100 s on average: they never meet, so each one's TTFT is one
+    # prefill step and its e2e adds one decode step per further token.
+    summary = Simulation(scenario([stream(0.01, prompt=1000, output=20)], 3000)).run()
+    perf = PerfModel(get_gpu("H100"), get_model("llama-3.1-8b"))
+    prefill = perf.step_time(StepShape.from_batch(prefill_chunks=[(1000, 0)]))
+    decode = sum(perf.decode_step_time(1, 1000 + i) for i in range(1, 20))
+    total = summary["total"]
+    assert total["completed"] == total["arrived"] > 10
+    assert total["ttft_s"]["p50"] == pytest.approx(prefill, rel=0.02)
+    assert total["e2e_s"]["p50"] == pytest.approx(prefill + decode, rel=0.02)
+    assert total["queue_s"]["p99"] == 0
+
+
+def test_overload_is_refused_by_class_and_urgent_traffic_keeps_its_slo() -> None:
+    models = {
+        "m": {
+            "catalogue": "llama-3.1-8b",
+            "routing": "least_loaded",
+            "replicas": [{"gpu": "H100", "count": 1, "max_num_seqs": 8, "max_concurrency": 8}],
+        }
+    }
+    streams = [
+        stream(3, output=200, slo_class="realtime", tenant="rt"),
+        stream(40, output=200, slo_class="batch", tenant="bulk"),
+    ]
+    summary = Simulation(scenario(streams, 60, models=models)).run()
+    realtime, batch = summary["by_class"]["realtime"], summary["by_class"]["batch"]
+    assert realtime["completed"] >= 0.95 * realtime["arrived"]
+    assert realtime["ttft_s"]["p99"] < 0.5
+    # Batch waits (up to 600 s) behind realtime, so it is the one that queues.
+    assert batch["queue_s"]["p50"] > 10 * (realtime["queue_s"]["p50"] or 0.001)
+
+
+def test_unattainable_requests_fall_back_to_the_next_model(tmp_path: Path) -> None:
+    small = {"gpu": "H100", "count": 1, "max_num_seqs": 2, "max_concurrency": 2}
+    models = {
+        "m": {"catalogue": "llama-3.1-8b", "fallback": ["spare"], "replicas": [small]},
+        "spare": {"catalogue": "llama-3.1-8b", "replicas": [{"gpu": "H100", "count": 2}]},
+    }
+    sc = scenario([stream(30, output=100, slo_class="realtime")], 20, models=models)
+    sc = sc.model_copy(update={"output": sc.output.model_copy(update={"requests": True})})
+    summary = simulate_to(sc, tmp_path, base_dir=tmp_path)
+    with (tmp_path / "requests.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    served = {r["served_by"] for r in rows if r["outcome"] == "completed"}
+    assert served == {"m", "spare"}
+    assert summary["total"]["completed"] == len(rows) == summary["requests"]
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
+    path = ROOT / "examples" / "twin-chat-fleet.yaml"
+    sc = load_scenario(path)
+    short = sc.model_copy(update={"workload": sc.workload.model_copy(update={"duration_s": 30.0})})
+    runs = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        simulate_to(short.model_copy(update={"seed": seed}), tmp_path / name, base_dir=ROOT)
+        runs.append({f.name: f.read_bytes() for f in sorted((tmp_path / name).iterdir())})
+    assert set(runs[0]) == {"summary.json", "timeseries.csv", "requests.csv"}
+    assert runs[0] == runs[1]
+    assert runs[0]["requests.csv"] != runs[2]["requests.csv"]
+
+
+def _peak_bytes(duration_s: float) -> int:
+    sc = scenario([stream(200, prompt=128, output=8)], duration_s)
+    tracemalloc.start()
+    try:
+        Simulation(sc).run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_stays_flat_in_the_number_of_requests() -> None:
+    short, long = _peak_bytes(10), _peak_bytes(40)  # ~2,000 and ~8,000 requests
+    assert long < 1.3 * short
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("gpu: H100", "gpu: H900"), "unknown GPU 'H900'"),
+        (
+            (
+                "model: llama-3.1-8b\n      workflow: support",
+                "model: other\n      workflow: support",
+            ),
+            "sends requests to model 'other'",
+        ),
+        (("slo_class: batch", "slo_class: bulk"), "SLO class 'bulk'"),
+        (("rate: 20", "rate: -1"), "workload.streams.0.rate"),
+    ],
+)
+def test_bad_scenarios_get_one_readable_line(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
+    text = (ROOT / "examples" / "twin-chat-fleet.yaml").read_text()
+    assert edit[0] in text
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(ConfigError, match=message):
+        load_scenario(path)
+    cli = subprocess.run(
+        [sys.executable, "-m", "inferplane", "simulate", str(path), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 2
+    assert "Traceback" not in cli.stderr
+    assert message in cli.stderr.replace("\n", " ")
