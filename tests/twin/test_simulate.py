@@ -156,3 +156,53 @@ def test_bad_scenarios_get_one_readable_line(
     assert cli.returncode == 2
     assert "Traceback" not in cli.stderr
     assert message in cli.stderr.replace("\n", " ")
+
+
+def test_autoscaling_follows_a_spike_after_the_cold_start_and_shrinks_after() -> None:
+    group = {"gpu": "H100", "count": 1, "max_num_seqs": 64, "max_concurrency": 32}
+    autoscale = {
+        "min_replicas": 1,
+        "max_replicas": 6,
+        "target_in_flight_per_replica": 24,
+        "cold_start_s": 60,
+        "scale_down_window_s": 120,
+    }
+    models = {"m": {"catalogue": "llama-3.1-8b", "replicas": [group], "autoscale": autoscale}}
+    spike = [{"step": {"at_s": 300, "duration_s": 300, "factor": 4}}]
+    sc = scenario([stream(6, output=200, slo_class="batch", shape=spike)], 1200, models=models)
+    sim = Simulation(sc)
+    summary = sim.run()
+    decisions = summary["autoscaling"]["m"]["decisions"]
+    assert summary["autoscaling"]["m"]["cold_start_s"] == 60
+    ups = [d for d in decisions if d["target"] > 1]
+    assert ups and 300 <= ups[0]["time_s"] < 400
+    assert ups[0]["reason"] in ("load", "step_limit")  # 1 -> 5: four at a time at most
+    assert decisions[-1]["target"] == 1  # back down once the spike is over
+    # Replicas are ready a cold start after they were asked for, not before.
+    ready = [(row["time_s"], row["m.ready"]) for row in sim.timeseries]
+    first_more = min(t for t, n in ready if n > 1)
+    assert first_more >= ups[0]["time_s"] + 60
+    billed = sum(r["billed_s"] for r in summary["replicas"])
+    assert summary["makespan_s"] < billed < 6 * summary["makespan_s"]
+    assert summary["total"]["completed"] == summary["total"]["arrived"]
+
+
+def test_a_failing_replica_loses_only_requests_that_had_started_streaming(tmp_path: Path) -> None:
+    group = {"gpu": "H100", "count": 3}
+    failures = {"mtbf_s": 60, "mean_repair_s": 20}
+    models = {"m": {"catalogue": "llama-3.1-8b", "replicas": [group], "failures": failures}}
+    sc = scenario([stream(20, output=300)], 300, models=models)
+    sc = sc.model_copy(update={"output": sc.output.model_copy(update={"requests": True})})
+    summary = simulate_to(sc, tmp_path, base_dir=tmp_path)
+    with (tmp_path / "requests.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    outcomes = {r["outcome"] for r in rows}
+    assert summary["failures"]["m"] > 5
+    assert outcomes <= {"completed", "replica_failed", "no_replica"}
+    assert any(int(r["retries"]) > 0 and r["outcome"] == "completed" for r in rows)
+    failed = [r for r in rows if r["outcome"] == "replica_failed"]
+    assert failed and all(r["ttft_s"] == "" for r in failed)  # a stream cut, no answer
+    total = summary["total"]
+    assert total["failed"] == len(failed)
+    assert total["completed"] + total["failed"] + sum(total["rejected"].values()) == len(rows)
+    assert len(rows) == summary["requests"]

@@ -19,7 +19,7 @@ from inferplane.engines._core import Event
 from inferplane.perf import PerfModel, get_gpu, get_model
 from inferplane.policy import ClassPolicy, Dispatcher, Health, QueueItem, Router
 from inferplane.twin._loop import EventLoop
-from inferplane.twin._replica import SimReplica
+from inferplane.twin._replica import ReplicaState, SimReplica
 from inferplane.twin._scenario import Scenario, SimModel
 from inferplane.twin._workload import Arrival
 
@@ -39,10 +39,11 @@ class SimRequest:
     route_index: int = -1  # the replica's index within its model
     dispatched_at: float = 0.0
     first_token_at: float | None = None
+    retries: int = 0  # attempts again after a replica failed under it
 
 
-# Told how each request ended: (request, time, outcome) with outcome "completed" or a
-# rejection reason.
+# Told how each request ended: (request, time, outcome). Outcomes: "completed"; refused
+# with "slo_unattainable", "queue_expired" or "no_replica"; "replica_failed" mid-stream.
 Outcome = Callable[[SimRequest, float, str], None]
 
 
@@ -60,19 +61,35 @@ class SimRoute:
             base_ejection_s=g.backend_cooldown_s,
             max_ejection_s=g.max_ejection_s,
         )
-        groups = [group for group in spec.replicas for _ in range(group.count)]
+        groups = [group for group, _ in spec.pool()]
         self.router = Router(self.health, spec.routing, [group.weight for group in groups])
-        slots = [group.max_concurrency for group in groups]
+        self.slot_limits = [group.max_concurrency for group in groups]
         self.dispatcher: Dispatcher | None = None
-        if any(s is not None for s in slots):
+        if any(s is not None for s in self.slot_limits):
             self.dispatcher = Dispatcher(
                 _class_policies(sc.slo_classes),
-                slots,
+                list(self.slot_limits),
                 aging_s=sc.queue_aging_s,
                 tenant_weights={name: t.weight for name, t in sc.tenants.items()},
             )
         self.waiting: dict[str, SimRequest] = {}  # queued in the dispatcher
         self.expiry_at: float | None = None
+        self.unusable: frozenset[int] = frozenset()
+        self.on_first_token: Callable[[float], None] | None = None  # told each TTFT
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Only ready replicas take work: the router skips the others, the queue gives
+        them no slots."""
+        self.unusable = frozenset(
+            i for i, r in enumerate(self.replicas) if r.state is not ReplicaState.READY
+        )
+        if self.dispatcher is not None:
+            for i, limit in enumerate(self.slot_limits):
+                self.dispatcher.slots[i] = 0 if i in self.unusable else limit
+
+    def count(self, state: ReplicaState) -> int:
+        return sum(r.state is state for r in self.replicas)
 
 
 class SimGateway:
@@ -86,20 +103,20 @@ class SimGateway:
         for name, spec in scenario.models.items():
             model = get_model(spec.catalogue or name)
             members: list[SimReplica] = []
-            for group in spec.replicas:
-                perf = PerfModel(get_gpu(group.gpu), model, group.tp)
-                for _ in range(group.count):
-                    replica = SimReplica(
-                        len(self.replicas),
-                        f"{name}/{len(members)}",
-                        perf,
-                        group.limits(),
-                        group.hourly_price(),
-                        loop,
-                        self._engine_event,
-                    )
-                    self.replicas.append(replica)
-                    members.append(replica)
+            for group, up in spec.pool():
+                replica = SimReplica(
+                    len(self.replicas),
+                    f"{name}/{len(members)}",
+                    PerfModel(get_gpu(group.gpu), model, group.tp),
+                    group.limits(),
+                    group.hourly_price(),
+                    loop,
+                    self._engine_event,
+                )
+                if not up:
+                    replica.set_state(ReplicaState.OFF, 0.0)
+                self.replicas.append(replica)
+                members.append(replica)
             self.routes[name] = SimRoute(name, spec, members, scenario)
 
     # -- requests ------------------------------------------------------------
@@ -109,7 +126,11 @@ class SimGateway:
         route = self.routes[request.model]
         d = route.dispatcher
         if d is None:
-            self._start(route, request, self._choose(route, request, now), now)
+            index = self._choose(route, request, now)
+            if index is None:
+                self._refuse(request, now, "no_replica")
+            else:
+                self._start(route, request, index, now)
             return
         item = QueueItem(request.id, request.arrival.tenant, request.slo_class, request.tokens, now)
         if d.submit(item, now) is not None:
@@ -121,11 +142,9 @@ class SimGateway:
             self._arm_expiry(route, expiry)
         self._pump(route, now)
 
-    def _choose(self, route: SimRoute, request: SimRequest, now: float) -> int:
+    def _choose(self, route: SimRoute, request: SimRequest, now: float) -> int | None:
         key = request.arrival.prefix_key or request.id
-        chosen = route.router.choose(now, frozenset(), key, request.tokens)
-        assert chosen is not None  # nothing excluded
-        return chosen
+        return route.router.choose(now, route.unusable, key, request.tokens)
 
     def _start(self, route: SimRoute, request: SimRequest, index: int, now: float) -> None:
         replica = route.replicas[index]
@@ -172,6 +191,42 @@ class SimGateway:
             self._refuse(route.waiting.pop(item.request_id), now, "queue_expired")
         self._arm_expiry(route, route.dispatcher.next_expiry())
 
+    # -- replicas coming and going ---------------------------------------------
+
+    def set_state(self, route: SimRoute, index: int, state: ReplicaState, now: float) -> None:
+        replica = route.replicas[index]
+        if state is ReplicaState.DRAINING and replica.in_engine == 0:
+            state = ReplicaState.OFF
+        replica.set_state(state, now)
+        route.refresh()
+        if state is ReplicaState.READY:
+            route.health.checked(index, True, now)
+            if route.dispatcher is not None:
+                self._pump(route, now)
+
+    def fail(self, route: SimRoute, index: int, now: float) -> None:
+        """A replica dies: what it had not started answering is retried elsewhere (the
+        live gateway's rule: before the first byte); streams already flowing are lost."""
+        replica = route.replicas[index]
+        lost = [r for r in self.in_engine.values() if r.replica is replica]
+        replica.crash(now)
+        replica.set_state(ReplicaState.FAILED, now)
+        route.refresh()
+        route.health.failed(index, now)
+        for request in lost:
+            del self.in_engine[request.id]
+            route.router.done(index, request.tokens)
+            if route.dispatcher is not None:
+                route.dispatcher.finished(index, now - request.dispatched_at)
+            request.replica, request.route_index = None, -1
+            if request.first_token_at is None:
+                request.retries += 1
+                self.submit(request, now)
+            else:
+                self._outcome(request, now, "replica_failed")
+        if route.dispatcher is not None:
+            self._pump(route, now)
+
     # -- what the engines report ---------------------------------------------
 
     def _engine_event(self, replica: SimReplica, event: Event) -> None:
@@ -179,6 +234,9 @@ class SimGateway:
             request = self.in_engine[event.request_id]
             if request.first_token_at is None:
                 request.first_token_at = event.time
+                observe = self.routes[request.model].on_first_token
+                if observe is not None:
+                    observe(event.time - request.arrival.time)
         elif isinstance(event, Finished):
             request = self.in_engine.pop(event.request_id)
             route = self.routes[request.model]
@@ -186,6 +244,8 @@ class SimGateway:
             route.router.done(index, request.tokens)
             route.health.succeeded(index)
             self._outcome(request, event.time, "completed")
+            if replica.state is ReplicaState.DRAINING and replica.in_engine == 0:
+                replica.set_state(ReplicaState.OFF, event.time)
             if route.dispatcher is not None:
                 route.dispatcher.finished(index, event.time - request.dispatched_at)
                 self._pump(route, event.time)

@@ -40,5 +40,9 @@ class EventLoop:
         if until != math.inf:
             self.now = max(self.now, until)
 
+    def stop(self) -> None:
+        """Drop everything scheduled: ``run`` returns once the current callback does."""
+        self._heap.clear()
+
     def __len__(self) -> int:
         return len(self._heap)

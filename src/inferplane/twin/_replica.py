@@ -3,11 +3,13 @@
 The replica wakes only when its core has something to report: the end of the
 step in flight or, across a decode run, of the whole run (the core jumps over
 the steps in between in closed form). It keeps the books the twin reports:
-busy time (a step in flight) and the price of its hours.
+busy time (a step in flight) and billed time (every state but ``OFF``: a
+starting, draining or broken replica still holds its GPUs).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 
 from inferplane.engines import EngineCore, EngineLimits, EngineRequest
@@ -15,7 +17,16 @@ from inferplane.engines._core import Event
 from inferplane.perf import PerfModel
 from inferplane.twin._loop import EventLoop
 
-__all__ = ["SimReplica"]
+__all__ = ["ReplicaState", "SimReplica"]
+
+
+class ReplicaState(enum.Enum):
+    READY = "ready"  # takes work
+    STARTING = "starting"  # cold start: loading weights
+    DRAINING = "draining"  # scaled down: finishes what it has, takes nothing new
+    FAILED = "failed"  # down until repaired
+    OFF = "off"  # not provisioned, not billed
+
 
 # Told every event of a replica, at its time.
 Listener = Callable[["SimReplica", Event], None]
@@ -35,7 +46,11 @@ class SimReplica:
         self.index = index
         self.name = name
         self.price_per_hour = price_per_hour
+        self._perf, self._limits = perf, limits
         self.core = EngineCore(perf, limits, every_token=False)
+        self.state = ReplicaState.READY
+        self._billed_s = 0.0
+        self._billed_since: float | None = 0.0
         self._loop = loop
         self._listener = listener
         self._wake_at: float | None = None
@@ -53,6 +68,28 @@ class SimReplica:
 
     def abort(self, request_id: str, now: float) -> None:
         self.core.abort(request_id, now)
+        self._after(now)
+
+    def set_state(self, state: ReplicaState, now: float) -> None:
+        billed = state is not ReplicaState.OFF
+        if billed and self._billed_since is None:
+            self._billed_since = now
+        elif not billed and self._billed_since is not None:
+            self._billed_s += now - self._billed_since
+            self._billed_since = None
+        self.state = state
+
+    def billed_until(self, now: float) -> float:
+        """Billed seconds so far, counting the current spell up to ``now``."""
+        if self._billed_since is None:
+            return self._billed_s
+        return self._billed_s + now - self._billed_since
+
+    def crash(self, now: float) -> None:
+        """Everything in the engine is lost; a new engine starts empty when repaired."""
+        self.core = EngineCore(self._perf, self._limits, every_token=False)
+        self._version += 1  # the old core's wake-up is void
+        self._wake_at = None
         self._after(now)
 
     def busy_until(self, now: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -18,11 +19,22 @@ from inferplane.config import ConfigError, GatewaySettings, SloClass, parse_yaml
 from inferplane.config._schema import DEFAULT_SLO_CLASSES, Name
 from inferplane.config._schema import _Strict as Strict
 from inferplane.engines import EngineLimits
-from inferplane.perf import PerfModel, get_gpu, get_model
+from inferplane.perf import PerfModel, get_gpu, get_model, get_storage
 from inferplane.policy import RoutingMode
+from inferplane.policy._autoscale import AutoscaleConfig
+from inferplane.policy._failures import FailureModel
 from inferplane.twin._workload import WorkloadSpec
 
-__all__ = ["OutputSpec", "ReplicaGroup", "Scenario", "SimModel", "SimTenant", "load_scenario"]
+__all__ = [
+    "AutoscaleSpec",
+    "FailureSpec",
+    "OutputSpec",
+    "ReplicaGroup",
+    "Scenario",
+    "SimModel",
+    "SimTenant",
+    "load_scenario",
+]
 
 
 class ReplicaGroup(Strict):
@@ -56,16 +68,88 @@ class ReplicaGroup(Strict):
         return self.tp * get_gpu(self.gpu).price_per_hour
 
 
+class AutoscaleSpec(Strict):
+    """``policy.AutoscaleConfig``'s knobs, and where a new replica loads its weights from."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(8, ge=1, le=100_000)
+    target_in_flight_per_replica: float = Field(32.0, gt=0)
+    tolerance: float = Field(0.1, ge=0)
+    ttft_p95_target_s: float | None = Field(None, gt=0)
+    ttft_p99_target_s: float | None = Field(None, gt=0)
+    ttft_cooldown_s: float = Field(60.0, ge=0)
+    target_busy_fraction: float | None = Field(None, gt=0, le=1)
+    scale_up_window_s: float = Field(0.0, ge=0)
+    scale_down_window_s: float = Field(300.0, ge=0)
+    max_step_up: int = Field(4, ge=1)
+    max_step_down: int | None = Field(None, ge=1)
+    evaluation_interval_s: float = Field(15.0, gt=0)
+    # A storage preset of ``perf.STORAGES`` (the cold start follows from the weights'
+    # bytes), or a fixed cold start in seconds.
+    storage: str = "local-nvme"
+    cold_start_s: float | None = Field(None, ge=0)
+
+    def config(self) -> AutoscaleConfig:
+        fields = self.model_dump(exclude={"storage", "cold_start_s"})
+        return AutoscaleConfig(**fields)
+
+
+class FailureSpec(Strict):
+    """Replicas fail independently: exponential up-times, then a repair."""
+
+    # Mean up-time of one replica; None: the catalogue's GPU MTBF over the replica's GPUs.
+    mtbf_s: float | None = Field(None, gt=0)
+    mean_repair_s: float = Field(gt=0)  # detection + replacement + cold start
+    repair: Literal["exponential", "fixed"] = "exponential"
+
+    def model(self, num_gpus: int) -> FailureModel:
+        if self.mtbf_s is None:
+            base = FailureModel.for_gpus(num_gpus, self.mean_repair_s)
+            return FailureModel(base.mtbf_s, self.mean_repair_s, self.repair)
+        return FailureModel(self.mtbf_s, self.mean_repair_s, self.repair)
+
+
 class SimModel(Strict):
     """A logical model: what its replicas run and how the gateway spreads work."""
 
     replicas: list[ReplicaGroup] = Field(min_length=1)
+    # Scale the pool (one replica group, starting at its ``count``) on load and latency.
+    autoscale: AutoscaleSpec | None = None
+    failures: FailureSpec | None = None
     catalogue: str | None = None  # the catalogue model; defaults to the logical name
     routing: RoutingMode = RoutingMode.ROUND_ROBIN
     fallback: list[Name] = Field(default_factory=list)
     # Cost split between requests: what a prompt token weighs against a generated one
     # (the gateway's ``per_hour`` pricing rule).
     input_token_weight: Decimal = Field(Decimal("0.25"), ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _one_group_to_scale(self) -> SimModel:
+        if self.autoscale is not None:
+            if len(self.replicas) != 1:
+                raise ValueError("autoscale scales one replica group: list exactly one")
+            a = self.autoscale
+            try:
+                a.config()
+                if a.cold_start_s is None:
+                    get_storage(a.storage)
+            except ValueError as exc:
+                raise ValueError(f"autoscale: {exc}") from None
+            count = self.replicas[0].count
+            if not a.min_replicas <= count <= a.max_replicas:
+                raise ValueError(
+                    f"autoscale: the group starts with count {count}, outside "
+                    f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]"
+                )
+        return self
+
+    def pool(self) -> list[tuple[ReplicaGroup, bool]]:
+        """Every replica the model may have, with whether it is up at the start: the
+        groups' replicas, or an autoscaled group's ``max_replicas``."""
+        if self.autoscale is None:
+            return [(g, True) for g in self.replicas for _ in range(g.count)]
+        group = self.replicas[0]
+        return [(group, i < group.count) for i in range(self.autoscale.max_replicas)]
 
 
 class SimTenant(Strict):

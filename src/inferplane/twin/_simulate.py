@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from inferplane.twin._dynamics import Failures, PoolScaler
 from inferplane.twin._gateway import SimGateway, SimRequest
 from inferplane.twin._loop import EventLoop
+from inferplane.twin._replica import ReplicaState
 from inferplane.twin._scenario import Scenario
 from inferplane.twin._stats import Stats, summarize
 from inferplane.twin._workload import Arrival, arrivals
@@ -40,6 +42,7 @@ REQUEST_COLUMNS = (
     "tpot_s",
     "e2e_s",
     "slo_met",
+    "retries",
 )
 
 # Told (simulated seconds so far, seconds of arrivals in the workload or None).
@@ -58,6 +61,16 @@ class Simulation:
         self.scenario = scenario
         self.loop = EventLoop()
         self.gateway = SimGateway(scenario, self.loop, self._ended)
+        self.scalers = {
+            name: PoolScaler(self.gateway, route, self.loop)
+            for name, route in self.gateway.routes.items()
+            if route.spec.autoscale is not None
+        }
+        self.failures = {
+            name: Failures(self.gateway, route, self.loop, scenario.seed)
+            for name, route in self.gateway.routes.items()
+            if route.spec.failures is not None
+        }
         self.stats = Stats()
         self.timeseries: list[dict[str, Any]] = []
         self._arrivals: Iterator[Arrival] = arrivals(
@@ -68,7 +81,9 @@ class Simulation:
             self._rows.writerow(REQUEST_COLUMNS)
         self._progress = progress
         self._count = 0
+        self._open = 0  # arrived and not ended
         self._last_arrival = 0.0
+        self._end = 0.0
         self._exhausted = False
         self._ttft_targets = {
             n: getattr(c, "ttft_s", None) for n, c in scenario.slo_classes.items()
@@ -78,12 +93,14 @@ class Simulation:
         self._weights = {n: float(m.input_token_weight) for n, m in scenario.models.items()}
         self._window: dict[str, int] = defaultdict(int)  # counts since the last sample
         self._busy_mark = [0.0] * len(self.gateway.replicas)
+        self._sampled_at = 0.0
 
     def run(self) -> dict[str, Any]:
         """Simulate until every arrival has ended; return the summary (JSON-ready)."""
-        self._next_arrival()
         self.loop.at(0.0, self._sample)
+        self._next_arrival()
         self.loop.run()
+        self._sample(self._end)
         return self.summary()
 
     # -- arrivals --------------------------------------------------------------
@@ -92,11 +109,13 @@ class Simulation:
         arrival = next(self._arrivals, None)
         if arrival is None:
             self._exhausted = True
+            self._finish_if_done(self._last_arrival)
             return
         self.loop.at(arrival.time, self._arrive, arrival)
 
     def _arrive(self, now: float, arrival: Arrival) -> None:
         self._count += 1
+        self._open += 1
         self._last_arrival = now
         request = SimRequest(
             f"r{self._count}",
@@ -118,6 +137,7 @@ class Simulation:
         t = cell.totals
         ttft = tpot = e2e = queue = None
         met = False
+        self._open -= 1
         if outcome == "completed":
             assert request.first_token_at is not None
             t.completed += 1
@@ -140,6 +160,9 @@ class Simulation:
             usage[0] += 1
             usage[1] += a.output_tokens + a.prompt_tokens * self._weights[request.model]
             self._window["completed"] += 1
+        elif outcome == "replica_failed":
+            t.failed += 1
+            self._window["failed"] += 1
         else:
             t.rejected[outcome] += 1
             self._window["rejected"] += 1
@@ -163,8 +186,16 @@ class Simulation:
                     _num(tpot),
                     _num(e2e),
                     int(met),
+                    request.retries,
                 )
             )
+        self._finish_if_done(now)
+
+    def _finish_if_done(self, now: float) -> None:
+        """Every arrival has ended: stop (autoscaling and failures would go on for ever)."""
+        if self._exhausted and self._open == 0:
+            self._end = now
+            self.loop.stop()
 
     # -- time series -------------------------------------------------------------
 
@@ -178,37 +209,42 @@ class Simulation:
                 b = r.busy_until(now)
                 busy += b - self._busy_mark[r.index]
                 self._busy_mark[r.index] = b
-            n = len(route.replicas)
-            row[f"{name}.replicas"] = n
+            ready = [r for r in route.replicas if r.state is ReplicaState.READY]
+            n = max(1, len(ready))
+            row[f"{name}.ready"] = len(ready)
+            for state in (ReplicaState.STARTING, ReplicaState.FAILED):
+                row[f"{name}.{state.value}"] = route.count(state)
             row[f"{name}.queued"] = len(route.waiting)
             row[f"{name}.in_engine"] = sum(r.in_engine for r in route.replicas)
-            row[f"{name}.busy_fraction"] = busy / (n * interval) if now > 0 else 0.0
-            row[f"{name}.kv_usage"] = sum(r.core.kv_usage for r in route.replicas) / n
+            span = now - self._sampled_at
+            row[f"{name}.busy_fraction"] = busy / (n * span) if span > 0 else 0.0
+            row[f"{name}.kv_usage"] = sum(r.core.kv_usage for r in ready) / n
+        self._sampled_at = now
         self.timeseries.append(row)
         if self._progress is not None:
-            self._progress(now, getattr(self.scenario.workload, "duration_s", None))
-        idle = not self.gateway.in_engine and not any(
-            r.waiting for r in self.gateway.routes.values()
-        )
-        if not (self._exhausted and idle):
-            self.loop.at(now + interval, self._sample)
+            self._progress(now, self.scenario.workload.duration_s)
+        self.loop.at(now + interval, self._sample)
 
     # -- summary ---------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        end = self.loop.now
+        end = self._end
         window = self._last_arrival if self._last_arrival > 0 else end
         total = self.stats.view("all").get("all")
         replicas = []
         cost_by_model: dict[str, float] = defaultdict(float)
         for name, route in self.gateway.routes.items():
             for r in route.replicas:
-                cost = r.price_per_hour * end / 3600
+                billed = r.billed_until(end)
+                if billed == 0:
+                    continue  # never provisioned
+                cost = r.price_per_hour * billed / 3600
                 cost_by_model[name] += cost
                 replicas.append(
                     {
                         "name": r.name,
-                        "busy_fraction": r.busy_until(end) / end if end > 0 else 0.0,
+                        "billed_s": billed,
+                        "busy_fraction": r.busy_until(end) / billed,
                         "price_per_hour": r.price_per_hour,
                         "cost_usd": cost,
                     }
@@ -222,6 +258,16 @@ class Simulation:
             "by_tenant": {k: summarize(c, window) for k, c in self.stats.view("tenant").items()},
             "replicas": replicas,
             "cost": self._cost(cost_by_model, total.totals if total else None),
+            "autoscaling": {
+                name: {
+                    "cold_start_s": scaler.cold_start_s,
+                    "decisions": [
+                        {"time_s": t, "target": n, "reason": why} for t, n, why in scaler.decisions
+                    ],
+                }
+                for name, scaler in self.scalers.items()
+            },
+            "failures": {name: f.outages for name, f in self.failures.items()},
         }
 
     def _cost(self, by_model: dict[str, float], totals: Any) -> dict[str, Any]:
