@@ -547,6 +547,28 @@ def bench_slo(
     console.print(f"JSON: {out}")
 
 
+@bench_app.command("twin")
+def bench_twin(
+    fleets: Annotated[str, typer.Option(help="Fleet sizes (replicas), comma-separated.")] = (
+        "8,16,32,64"
+    ),
+    requests: Annotated[int, typer.Option(help="Requests per run.")] = 20_000,
+    load: Annotated[float, typer.Option(help="Offered load, x the fleet's capacity.")] = 0.9,
+    seed: int = 7,
+    out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/twin.json"),
+) -> None:
+    """Simulated requests per wall-clock second of the twin, by fleet size and length."""
+    from inferplane.bench.twin import run_twin_bench
+
+    sizes = tuple(_guard(lambda: [int(x) for x in fleets.split(",") if x]))
+    if not sizes or min(sizes) < 1 or requests < 100 or load <= 0:
+        fail("need fleet sizes >= 1, --requests >= 100 and --load > 0")
+    run_twin_bench(
+        fleets=sizes, requests=requests, load=load, seed=seed, out=out, echo=console.print
+    )
+    console.print(f"JSON: {out}")
+
+
 @bench_app.command("budgets")
 def bench_budgets(
     concurrency: Annotated[int, typer.Option("--concurrency", "-n")] = 64,

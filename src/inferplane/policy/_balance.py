@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["BoundedLoadRing", "ReplicaLoad", "least_loaded_of_two", "stable_hash"]
@@ -29,21 +29,24 @@ class ReplicaLoad:
     healthy: bool = True
 
 
-def least_loaded_of_two(loads: Sequence[ReplicaLoad], key: str) -> int | None:
-    """Power of two choices: of two healthy replicas picked by ``key``, the less loaded.
+def least_loaded_of_two(
+    candidates: Sequence[int], load: Callable[[int], float], key: str
+) -> int | None:
+    """Power of two choices: of two ``candidates`` picked by ``key``, the one with the
+    smaller ``load``.
 
     Mitzenmacher's result: two random choices spread load exponentially better than
-    one, without the herd that "always the least loaded" causes on stale load data."""
-    healthy = [r for r in loads if r.healthy]
-    if not healthy:
+    one, without the herd that "always the least loaded" causes on stale load data.
+    Reads the load of two replicas only, so it costs the same on any fleet size."""
+    if not candidates:
         return None
-    if len(healthy) == 1:
-        return healthy[0].index
+    if len(candidates) == 1:
+        return candidates[0]
     h = stable_hash(key)
-    first = h % len(healthy)
-    second = (first + 1 + (h >> 32) % (len(healthy) - 1)) % len(healthy)
-    a, b = healthy[first], healthy[second]
-    return (b if b.outstanding_tokens < a.outstanding_tokens else a).index  # ties: the first
+    first = h % len(candidates)
+    second = (first + 1 + (h >> 32) % (len(candidates) - 1)) % len(candidates)
+    a, b = candidates[first], candidates[second]
+    return b if load(b) < load(a) else a  # ties: the first
 
 
 class BoundedLoadRing:

@@ -80,13 +80,14 @@ class Router:
         weighted = [i for i in up if self.weights[i] > 0] or up
         if self.mode is RoutingMode.ROUND_ROBIN:
             return self._take(self._smooth_round_robin(weighted))
-        loads = [
-            ReplicaLoad(i, self._load(i), healthy=i in weighted) for i in range(len(self.weights))
-        ]
-        if self._ring is not None:
-            chosen = self._ring.choose(key, loads, tokens)
+        if self._ring is None:
+            chosen = least_loaded_of_two(weighted, self._load, key)
         else:
-            chosen = least_loaded_of_two([r for r in loads if r.healthy], key)
+            loads = [
+                ReplicaLoad(i, self._load(i), healthy=i in weighted)
+                for i in range(len(self.weights))
+            ]
+            chosen = self._ring.choose(key, loads, tokens)
         assert chosen is not None
         return self._take(chosen)
 

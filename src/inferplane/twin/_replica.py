@@ -114,7 +114,7 @@ class SimReplica:
         elif not busy and self._busy_since is not None:
             self.busy_s += now - self._busy_since
             self._busy_since = None
-        t = self.core.next_event_time()
+        t = self.core.next_change_time()
         if t == self._wake_at:
             return
         self._version += 1
