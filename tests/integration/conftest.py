@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -94,6 +95,7 @@ def start_gateway(
     ``tenant_a`` adds YAML lines to tenant-a (budgets); ``model`` to the model (price);
     ``backend`` to each backend;
     ``top`` to the top level;
+    ``gateway`` adds YAML lines to the gateway settings;
     ``data_dir`` reuses a ledger, to restart a gateway on the same state;
     ``database_url`` puts the ledger in PostgreSQL; ``port`` picks the port.
     """
@@ -114,6 +116,7 @@ def start_gateway(
         health_check_s: float = 5.0,
         backend: str = "",
         extra_models: str = "",
+        gateway: str = "",
     ) -> Gateway:
         port = port or launcher.free_port()
         data_dir = data_dir or workdir / f"data-{port}"
@@ -137,6 +140,7 @@ gateway:
   lease_ttl_s: {lease_ttl_s}
   outlier_consecutive_errors: {outlier_errors}
   health_check_interval_s: {health_check_s}
+  {gateway}
 admin_key_sha256: {hash_key(ADMIN_KEY)}
 models:
   {MODEL}:
@@ -195,3 +199,12 @@ def ledger_rows(gateway: Gateway, expected: int, timeout_s: float = 5.0) -> list
         if len(rows) >= expected or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
+
+
+def scrape(url: str, name: str) -> float:
+    """The sum of every series of metric ``name`` (labels given: that one) at url/metrics."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    prefixes = (name,) if name.endswith("}") else (name + "{", name + " ")
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes)
+    )

@@ -138,3 +138,151 @@ def test_work_waits_rather_than_go_to_an_ejected_replica_unless_all_are() -> Non
     assert [r for _, r in started] == [1]  # replica 0 has room but is ejected
     # Every replica ejected: trying one beats waiting out the ejections.
     assert [r for _, r in d.dispatch(0.0, usable=lambda i: False)] == [0]
+
+
+# -- token capacity --------------------------------------------------------------
+
+
+def sized(rid: str, tokens: int, cls: str = "interactive", at: float = 0.0) -> QueueItem:
+    return QueueItem(rid, "t", cls, tokens, at)
+
+
+def test_work_starts_only_where_its_tokens_fit() -> None:
+    d = Dispatcher(CLASSES, [None, None], aging_s=10, token_capacity=[1000, 500])
+    for rid, tokens in (("a", 600), ("b", 400), ("c", 400), ("d", 300)):
+        d.submit(sized(rid, tokens), 0.0)
+    started = [(i.request_id, r) for i, r in d.dispatch(0.0)]
+    # a -> 0 (600/1000), b -> 1 (400/500), c -> 0 (1000/1000); d fits nowhere: waits.
+    assert started == [("a", 0), ("b", 1), ("c", 0)]
+    assert d.tokens_in_flight == [1000, 400]
+    d.finished(1, service_s=1.0, tokens=400)
+    assert [(i.request_id, r) for i, r in d.dispatch(1.0)] == [("d", 1)]
+
+
+def test_the_head_waits_for_room_rather_than_be_overtaken() -> None:
+    d = Dispatcher(CLASSES, [None], aging_s=10, token_capacity=[1000])
+    d.submit(sized("small", 200), 0.0)
+    d.dispatch(0.0)
+    d.submit(sized("big", 900), 0.1)
+    d.submit(sized("tiny", 10), 0.2)
+    assert d.dispatch(0.2) == []  # tiny would fit, but big is ahead of it
+    d.finished(0, service_s=1.0, tokens=200)
+    assert [i.request_id for i, _ in d.dispatch(1.0)] == ["big", "tiny"]
+
+
+def test_an_empty_replica_takes_a_request_larger_than_its_capacity() -> None:
+    d = Dispatcher(CLASSES, [None], aging_s=10, token_capacity=[100])
+    d.submit(sized("huge", 5000), 0.0)
+    d.submit(sized("next", 10), 0.0)
+    assert [i.request_id for i, _ in d.dispatch(0.0)] == ["huge"]  # alone
+    d.finished(0, service_s=1.0, tokens=5000)
+    assert [i.request_id for i, _ in d.dispatch(1.0)] == ["next"]
+
+
+def test_slots_and_tokens_both_bound_a_replica() -> None:
+    d = Dispatcher(CLASSES, [2], aging_s=10, token_capacity=[10_000])
+    for i in range(3):
+        d.submit(sized(f"r{i}", 10), 0.0)
+    assert len(d.dispatch(0.0)) == 2
+
+
+def test_waits_are_predicted_in_tokens_when_tokens_bound_the_replicas() -> None:
+    d = Dispatcher(CLASSES, [None], aging_s=10, token_capacity=[1000])
+    d.submit(sized("r1", 500), 0.0)
+    d.submit(sized("r2", 500), 0.0)
+    d.dispatch(0.0)
+    d.finished(0, service_s=2.0, tokens=500)  # measured: a request holds its tokens 2 s
+    d.submit(sized("r3", 500), 0.0)
+    d.dispatch(0.0)  # full again: 1000 tokens in flight
+    # 1000 tokens free up every 2 s.
+    assert d.submit(sized("ahead", 500), 0.0) is None  # its own 500: 1 s
+    assert d.predicted_wait("interactive", tokens=500) == 2.0  # 500 ahead + its own 500
+    assert d.predicted_wait("realtime", tokens=600) == 1.2  # nothing of its class ahead
+    refused = d.submit(sized("late", 600, "realtime"), 0.0)
+    assert isinstance(refused, Unattainable) and refused.max_queue_s == 0.5
+
+
+# -- TTFT targets ------------------------------------------------------------------
+
+TARGETS = {
+    "realtime": ClassPolicy("realtime", 0, max_queue_s=5.0, ttft_s=0.5),
+    "batch": ClassPolicy("batch", 2, max_queue_s=600.0),
+}
+
+
+def full(classes: dict[str, ClassPolicy] = TARGETS) -> Dispatcher:
+    """One slot, busy, a request measured to hold it 1 s."""
+    d = Dispatcher(classes, [1], aging_s=10)
+    d.submit(item("warm", "batch"), 0.0)
+    d.dispatch(0.0)
+    d.finished(0, service_s=1.0)
+    d.submit(item("busy", "batch"), 0.0)
+    d.dispatch(0.0)
+    return d
+
+
+def test_a_request_whose_wait_and_first_token_miss_the_target_is_refused() -> None:
+    d = full()
+    # Wait 1 s (one release) is within max_queue_s (5 s) but 1 + 0.2 > 0.5.
+    refused = d.submit(item("rt", "realtime"), 0.0, first_token_s=0.2)
+    assert isinstance(refused, Unattainable)
+    assert (refused.ttft_s, refused.first_token_s, refused.predicted_wait_s) == (0.5, 0.2, 1.0)
+    assert refused.retry_after_s == 1  # ceil(1 + 0.2 - 0.5)
+    assert len(d.queue) == 0
+
+
+def test_the_deadline_needs_a_measurement_and_a_wait() -> None:
+    d = full()
+    assert d.submit(item("unmeasured", "realtime"), 0.0) is None  # no grounds to refuse
+    idle = Dispatcher(TARGETS, [1], aging_s=10)
+    # Can start at once: admitted even if the measurement says it will be late (it may
+    # be stale, and starting it measures anew).
+    assert idle.submit(item("now", "realtime"), 0.0, first_token_s=3.0) is None
+
+
+def test_classes_without_a_target_ignore_the_first_token_time() -> None:
+    d = full()
+    assert d.submit(item("b", "batch"), 0.0, first_token_s=100.0) is None
+
+
+def test_a_target_met_with_room_to_spare_is_admitted() -> None:
+    loose = dict(TARGETS, realtime=ClassPolicy("realtime", 0, max_queue_s=5.0, ttft_s=2.0))
+    d = full(loose)
+    assert d.submit(item("rt", "realtime"), 0.0, first_token_s=0.5) is None  # 1 + 0.5 <= 2
+
+
+@settings(max_examples=200)
+@given(st.floats(0, 10), st.floats(0, 10), st.floats(0.01, 10))
+def test_deadline_admission_is_exactly_wait_plus_first_token_against_the_target(
+    service: float, first_token: float, target: float
+) -> None:
+    classes = {"c": ClassPolicy("c", 0, max_queue_s=1e9, ttft_s=target)}
+    d = Dispatcher(classes, [1], aging_s=10)
+    d.submit(item("x", "c"), 0.0)
+    d.dispatch(0.0)
+    d.finished(0, service_s=service)
+    d.submit(item("y", "c"), 0.0)
+    d.dispatch(0.0)
+    wait = d.predicted_wait("c")
+    refused = d.submit(item("z", "c"), 0.0, first_token_s=first_token)
+    assert (refused is not None) == (wait > 0 and wait + first_token > target)
+
+
+# -- spare slots (hedges) and unmeasured releases ------------------------------------
+
+
+def test_a_spare_slot_is_taken_elsewhere_only_when_nothing_queues() -> None:
+    d = Dispatcher(CLASSES, [1, 1], aging_s=10)
+    d.submit(item("a"), 0.0)
+    [(_, first)] = d.dispatch(0.0)
+    spare = d.take_spare(100, exclude={first})
+    assert spare is not None and spare != first and d.in_flight == [1, 1]
+    assert d.take_spare(100, exclude={first}) is None  # no room left
+    d.finished(spare, 0.0, tokens=100, measured=False)
+    assert d.mean_service_s is None  # a cancelled attempt says nothing of service times
+    d.submit(item("b"), 0.0)
+    d.submit(item("c"), 0.0)
+    d.dispatch(0.0)  # b takes the free slot, c queues
+    d.finished(0, 1.0)
+    assert d.take_spare(100, exclude=set()) is None  # c waits: a hedge must not overtake
+    assert d.take_spare(100, exclude=set(), usable=lambda i: False) is None

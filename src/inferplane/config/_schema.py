@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from inferplane.policy import BudgetLimits, RoutingMode, Window
+from inferplane.policy import BudgetLimits, ClassPolicy, RoutingMode, Window
 
 __all__ = [
     "ApiKey",
@@ -71,6 +78,20 @@ class GatewaySettings(_Strict):
     max_connections_per_backend: int = Field(1024, ge=1)
     # Budget leases of a process that stopped heart-beating return to the pool after this.
     lease_ttl_s: float = Field(30.0, ge=1, le=3600)
+    # Hedging (SLO classes with hedge: true): a second attempt after the model's observed
+    # p95 time to a first byte, kept within these bounds, once this many are observed.
+    hedge_min_delay_s: float = Field(0.02, ge=0, le=600)
+    hedge_max_delay_s: float = Field(2.0, gt=0, le=600)
+    hedge_min_samples: int = Field(20, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _hedge_bounds(self) -> GatewaySettings:
+        if self.hedge_min_delay_s > self.hedge_max_delay_s:
+            raise ValueError(
+                f"hedge_min_delay_s ({self.hedge_min_delay_s:g}) is above hedge_max_delay_s "
+                f"({self.hedge_max_delay_s:g})"
+            )
+        return self
 
 
 class Backend(_Strict):
@@ -90,6 +111,11 @@ class Backend(_Strict):
     # priority and fairness apply. "auto": learned from its /metrics (vLLM names),
     # starting at 16. None: no limit, no queue.
     max_concurrency: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] | None = None
+    # Tokens (prompt + max output of each request) the gateway sends it at once; more
+    # wait in the gateway's queue (a request larger than this still runs alone).
+    # "auto": learned from its /metrics (KV cache usage against the gateway's tokens in
+    # flight there), no limit until measured. None: no token limit.
+    max_tokens_in_flight: Annotated[int, Field(ge=1, le=1 << 40)] | Literal["auto"] | None = None
     # Share of new traffic relative to the others (a canary at 0.05; 0 takes none).
     weight: float = Field(1.0, ge=0, le=1000)
 
@@ -102,6 +128,17 @@ class Backend(_Strict):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
         return url.rstrip("/")
+
+    @field_validator("max_concurrency", "max_tokens_in_flight", mode="before")
+    @classmethod
+    def _limit_or_auto(cls, value: object, info: ValidationInfo) -> object:
+        """One clear message instead of one per member of the union."""
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        unit = "requests" if info.field_name == "max_concurrency" else "tokens"
+        raise ValueError(f"must be a whole number of {unit} >= 1, or 'auto', got {value!r}")
 
     @model_validator(mode="after")
     def _emulated_needs_gpu(self) -> Backend:
@@ -198,16 +235,25 @@ class Budget(_Strict):
 
 
 class SloClass(_Strict):
-    """A class of traffic: its queue priority (0 first) and how long its requests may wait
-    in the gateway's queue before they are refused (429 slo_unattainable)."""
+    """A class of traffic: its queue priority (0 first), how long its requests may wait
+    in the gateway's queue before they are refused (429 slo_unattainable), its share
+    against classes of equal priority, its time-to-first-token target (None: best
+    effort), and whether its requests are hedged."""
 
     priority: int = Field(ge=0, le=100)
     max_queue_s: float = Field(gt=0, le=86_400)
+    weight: float = Field(1.0, gt=0, le=1000)
+    ttft_s: float | None = Field(None, gt=0, le=86_400)
+    hedge: bool = False
+
+    def policy(self, name: str) -> ClassPolicy:
+        """What the dispatcher needs of the class (the gateway's and the twin's)."""
+        return ClassPolicy(name, self.priority, self.max_queue_s, self.weight, self.ttft_s)
 
 
 DEFAULT_SLO_CLASSES = {
-    "realtime": SloClass(priority=0, max_queue_s=0.5),
-    "interactive": SloClass(priority=1, max_queue_s=2.0),
+    "realtime": SloClass(priority=0, max_queue_s=0.5, ttft_s=0.5),
+    "interactive": SloClass(priority=1, max_queue_s=2.0, ttft_s=2.0),
     "batch": SloClass(priority=2, max_queue_s=600.0),
 }
 

@@ -104,11 +104,18 @@ class Gateway:
         self.registry = Registry(self.config, self.store)
         weights = TenantWeights(self.registry.tenants)
         for name, model in self.config.models.items():
-            if any(b.max_concurrency is not None for b in model.backends):
+            if any(
+                b.max_concurrency is not None or b.max_tokens_in_flight is not None
+                for b in model.backends
+            ):
                 health = self.routes[name].router.health
                 queue = self.queues[name] = ModelQueue(self.config, name, weights, health)
                 for cls in self.config.slo_classes:
                     self.metrics.watch_queue(name, cls, functools.partial(queue.depth, cls))
+                for i, backend in enumerate(model.backends):
+                    for unit in ("requests", "tokens"):
+                        capacity = functools.partial(queue.capacity, i, unit)
+                        self.metrics.watch_capacity(name, backend.label, unit, capacity)
         # Unique among live gateways: this host and port (the port is ours while we run).
         port = s.port or f"pid{os.getpid()}"
         self.gate = BudgetGate(self.config, self.registry, leases, f"{socket.gethostname()}:{port}")
@@ -255,6 +262,7 @@ class Gateway:
             )
         assert self.gate is not None, "gateway not started"
         model_config = self.config.models[model]
+        class_config = self.config.slo_classes[slo_class]
         exchange = Exchange(
             request_id=request_id,
             principal=principal,
@@ -265,6 +273,8 @@ class Gateway:
             price=route.price(model_config),
             hourly=route.hourly,
             slo_class=slo_class,
+            ttft_target_s=class_config.ttft_s,
+            hedge=class_config.hedge and len(route.backends) > 1,
             queue=self.queues.get(model),
             affinity_key=_affinity_key(route.router.mode, body, request.headers),
         )

@@ -1,6 +1,7 @@
 """Active checks of every backend now and then: ``GET /health`` (vLLM, SGLang, TGI and
-llama.cpp all serve it) feeds its breaker; for backends whose slots are learned,
-``GET /metrics`` (vLLM's names) feeds ``policy.learn_slots``."""
+llama.cpp all serve it) feeds its breaker; for backends whose slots or token capacity
+are learned, ``GET /metrics`` (vLLM's names) feeds ``policy.learn_slots`` and
+``policy.learn_token_capacity``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class Target:
     health: Health
     index: int
     url: str
-    learn: Callable[[EngineLoad], None] | None = None  # slots learned from /metrics
+    learn: Callable[[EngineLoad], None] | None = None  # capacity learned from /metrics
 
 
 async def fetch(url: str, path: str, timeout_s: float) -> tuple[int, bytes]:

@@ -6,6 +6,15 @@ hangs past the read timeout; a backend that refuses connections is skipped and
 the next one tried, which is safe because nothing reached it. Usage is always
 measured: for streams the gateway asks the backend for the usage chunk and
 hides it again when the client did not ask for it.
+
+Hedging (SLO classes with ``hedge: true``): when the first attempt has no first
+byte after the model's observed p95 (``policy.LatencyTracker``), a second
+attempt goes to another replica whose breaker is closed; the first of the two
+to answer is relayed, the other is cancelled (its connection closed, so the
+engine aborts). It is a retry for every account: the model's retry budget, the
+run's ``retries`` budget (no hedge when either is spent), the usage row's
+``retries``; the row names the backend that won and carries its usage only
+(the loser never reported any, and its engine time is not charged).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from inferplane.gateway._auth import Principal
 from inferplane.gateway._budgets import BudgetGate, ChargePath, wall_time_refusal
 from inferplane.gateway._pricing import HourlyPricing
 from inferplane.gateway._queue import ModelQueue
+from inferplane.gateway._race import Attempt, discard, first_answer, prime_stream
 from inferplane.gateway._upstream import (
     Upstream,
     UpstreamConnectError,
@@ -38,7 +48,16 @@ from inferplane.gateway._upstream import (
     UpstreamTimeout,
 )
 from inferplane.ledger import Charge, Ledger, LedgerWriteError, UsageEvent
-from inferplane.policy import Amount, Health, QueueItem, RetryBudget, Router, Scope
+from inferplane.policy import (
+    Amount,
+    BreakerState,
+    Health,
+    LatencyTracker,
+    QueueItem,
+    RetryBudget,
+    Router,
+    Scope,
+)
 from inferplane.telemetry import GatewayMetrics
 from inferplane.wire import (
     DONE,
@@ -67,6 +86,9 @@ class ModelRoute:
     auth_headers: list[dict[str, str]]
     hourly: HourlyPricing | None  # self-hosted prices, for ``pricing: per_hour``
     retry_budget: RetryBudget
+    # Observed times from sending an attempt to its first byte: streamed (True) and
+    # whole (False) answers apart, since a whole answer's first byte is its last.
+    first_byte: dict[bool, LatencyTracker] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, name: str, model: Model, settings: GatewaySettings) -> ModelRoute:
@@ -86,7 +108,19 @@ class ModelRoute:
         )
         budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
         router = Router(health, model.routing, [b.weight for b in model.backends])
-        return cls(name, model.backends, router, headers, hourly, budget)
+        first_byte = {
+            streamed: LatencyTracker(
+                min_samples=settings.hedge_min_samples,
+                min_delay_s=settings.hedge_min_delay_s,
+                max_delay_s=settings.hedge_max_delay_s,
+            )
+            for streamed in (True, False)
+        }
+        return cls(name, model.backends, router, headers, hourly, budget, first_byte)
+
+    def first_token_s(self, stream: bool) -> float | None:
+        """The median time from dispatch to a first byte, once enough are observed."""
+        return self.first_byte[stream].typical()
 
     def price(self, model: Model) -> Pricing:
         """Per-token prices to hold a request's worst case with."""
@@ -110,6 +144,8 @@ class Exchange:
     deadline: float | None = None  # unix time its run's wall-time budget runs out
     deadline_scope: Scope | None = None
     slo_class: str | None = None
+    ttft_target_s: float | None = None  # its class's TTFT target
+    hedge: bool = False  # its class hedges
     queue: ModelQueue | None = None  # the model's queue, when its replicas have slots
     slot: int | None = None  # the replica whose slot it holds
     route: ModelRoute | None = None
@@ -117,6 +153,8 @@ class Exchange:
     affinity_key: str = ""  # prompt prefix or session, for affinity routing
     size_tokens: int = 1  # its expected tokens, for load-aware routing
     dispatched_at: float = 0.0  # monotonic
+    sent_at: float | None = None  # perf_counter when the answering attempt was sent
+    first_byte_s: float | None = None  # a whole answer's time from sent_at to its body
     arrival: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     backend: str | None = None
@@ -149,7 +187,7 @@ class Proxy:
         ex.settled = True
         if ex.slot is not None:
             assert ex.queue is not None
-            ex.queue.release(ex.slot, time.monotonic() - ex.dispatched_at)
+            ex.queue.release(ex.slot, time.monotonic() - ex.dispatched_at, ex.size_tokens)
         if ex.route is not None:
             ex.route.retry_budget.ended(retried=ex.retries > 0)
             if ex.backend_index is not None:
@@ -165,6 +203,15 @@ class Proxy:
             output_tokens=ex.output_tokens,
             error_type=ex.error_type,
         )
+        if ex.route is not None and ex.sent_at is not None and ex.error_type is None:
+            if ex.ttft_s is not None:
+                ex.route.first_byte[True].observe(ex.t0 + ex.ttft_s - ex.sent_at)
+            elif ex.first_byte_s is not None:
+                ex.route.first_byte[False].observe(ex.first_byte_s)
+        if ex.ttft_target_s is not None and ex.slo_class is not None:
+            met = _met_ttft(ex, ex.ttft_target_s, duration)
+            if met is not None:
+                self.metrics.slo(ex.model, ex.slo_class, met)
         if ex.hourly is not None and ex.backend is not None:
             # Measure first: the very first request is priced at its own pace.
             weighted = ex.hourly.weighted(ex.input_tokens or 0, ex.output_tokens or 0)
@@ -217,7 +264,7 @@ class Proxy:
             ex.route = route
             route.retry_budget.started()
             if ex.queue is not None:
-                await self._wait_for_slot(ex)
+                await self._wait_for_slot(ex, route.first_token_s(stream))
             resp: UpstreamResponse | None = None
             try:
                 async with _until(ex.deadline):
@@ -270,11 +317,11 @@ class Proxy:
             payload, media_type=resp.content_type or "application/json", headers=headers
         )
 
-    async def _wait_for_slot(self, ex: Exchange) -> None:
+    async def _wait_for_slot(self, ex: Exchange, first_token_s: float | None) -> None:
         assert ex.queue is not None and ex.slo_class is not None
         now = time.monotonic()
         item = QueueItem(ex.request_id, ex.principal.tenant, ex.slo_class, ex.size_tokens, now)
-        ex.slot = await ex.queue.acquire(item)
+        ex.slot = await ex.queue.acquire(item, first_token_s)
         ex.dispatched_at = time.monotonic()
 
     def _out_of_time(self, ex: Exchange) -> OpenAIError:
@@ -304,13 +351,14 @@ class Proxy:
         """POST to a backend; on a refused connection, a connection lost before the answer
         began, or a 5xx (nothing has reached the client yet, so it is safe) try another.
         Each further attempt is a retry, charged to the request's budgets (which may
-        refuse it); after a 5xx, only within the model's retry budget. Outcomes feed
-        the breakers. For a ``whole`` answer the body is read here too (a replica can
-        die between its headers and its body), and returned."""
-        health = route.router.health
+        refuse it); after a 5xx, only within the model's retry budget. A hedged request's
+        first attempt races a second one after the hedge delay. Outcomes feed the
+        breakers. For a ``whole`` answer the body is read here too (a replica can die
+        between its headers and its body), and returned."""
         tried: set[int] = set()
         failure: OpenAIError | None = None
         answered_5xx = False
+        delay = route.first_byte[not whole].hedge_delay() if ex.hedge else None
         while (i := self._pick(route, ex, tried)) is not None:
             if tried:
                 # A 5xx may mean overload, where retries add to it: they need the budget.
@@ -321,56 +369,181 @@ class Proxy:
                     await self.gate.retry(ex.request_id, ex.charge, time.time())
                 ex.retries += 1
             tried.add(i)
-            backend = route.backends[i]
-            payload = raw
-            upstream_model = backend.model or route.name
-            if rewrite or body.get("model") != upstream_model:
-                payload = orjson.dumps({**body, "model": upstream_model})
-            try:
-                resp = await self.upstream.post(backend.url + path, payload, route.auth_headers[i])
-            except UpstreamConnectError as exc:
-                answered_5xx = False
-                health.failed(i, time.monotonic(), refused=True)
-                log.warning("backend %s of %s: %s", backend.label, route.name, exc)
-                failure = OpenAIError(
-                    502,
-                    f"No backend of model '{route.name}' accepted a connection: {exc}",
-                    "upstream_unreachable",
-                )
+            if delay is not None and len(tried) == 1 and _closed(route, i):
+                attempt = await self._race(route, path, body, raw, ex, tried, delay, rewrite, whole)
+            else:
+                attempt = await self._attempt(route, i, path, body, raw, rewrite, whole, False)
+            if attempt.failure is not None:
+                failure, answered_5xx = attempt.failure, attempt.answered_5xx
+                if answered_5xx:
+                    ex.backend = route.backends[attempt.index].label
                 continue
-            except UpstreamDisconnected as exc:
-                # It died with the request (a killed replica, say) before answering
-                # anything: the client has nothing yet, so another replica may serve it.
-                answered_5xx = False
-                health.failed(i, time.monotonic())
-                failure = _as_refusal(exc)
-                continue
-            except UpstreamError:
-                health.failed(i, time.monotonic())
-                raise
-            answered_5xx = resp.status >= 500
-            if answered_5xx:
-                health.failed(i, time.monotonic())
-                failure = await _upstream_refusal(resp, backend)
-                log.warning("backend %s of %s answered %d", backend.label, route.name, resp.status)
-                ex.backend = backend.label
-                continue
-            answer = None
-            if whole and resp.status < 400:
-                try:
-                    answer = await resp.read()
-                except UpstreamDisconnected as exc:
-                    answered_5xx = False
-                    health.failed(i, time.monotonic())
-                    failure = _as_refusal(exc)
-                    continue
-            health.succeeded(i)
+            assert attempt.resp is not None
+            i = attempt.index
+            route.router.health.succeeded(i)
             ex.backend_index = i
+            ex.sent_at = attempt.sent_at
+            if whole:
+                ex.first_byte_s = attempt.first_byte_s  # a stream's is its first token
             route.router.sent(i, ex.size_tokens)
-            return resp, backend, answer
+            return attempt.resp, route.backends[i], attempt.answer
         raise failure or OpenAIError(
             502, f"No backend of model '{route.name}' is available.", "upstream_unreachable"
         )
+
+    async def _attempt(
+        self,
+        route: ModelRoute,
+        i: int,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        rewrite: bool,
+        whole: bool,
+        prime: bool,
+    ) -> Attempt:
+        """One POST to backend ``i``, up to its answer's headers, or its whole body when
+        ``whole``, or a stream's first token when ``prime``. Failures after which another
+        backend may try are returned (and reported to the breaker); others raise."""
+        health = route.router.health
+        backend = route.backends[i]
+        payload = raw
+        upstream_model = backend.model or route.name
+        if rewrite or body.get("model") != upstream_model:
+            payload = orjson.dumps({**body, "model": upstream_model})
+        attempt = Attempt(i, time.perf_counter())
+        try:
+            resp = await self.upstream.post(backend.url + path, payload, route.auth_headers[i])
+        except UpstreamConnectError as exc:
+            health.failed(i, time.monotonic(), refused=True)
+            log.warning("backend %s of %s: %s", backend.label, route.name, exc)
+            attempt.failure = OpenAIError(
+                502,
+                f"No backend of model '{route.name}' accepted a connection: {exc}",
+                "upstream_unreachable",
+            )
+            return attempt
+        except UpstreamDisconnected as exc:
+            # It died with the request (a killed replica, say) before answering
+            # anything: the client has nothing yet, so another replica may serve it.
+            health.failed(i, time.monotonic())
+            attempt.failure = _as_refusal(exc)
+            return attempt
+        except UpstreamError:
+            health.failed(i, time.monotonic())
+            raise
+        if resp.status >= 500:
+            health.failed(i, time.monotonic())
+            attempt.failure = await _upstream_refusal(resp, backend)
+            attempt.answered_5xx = True
+            log.warning("backend %s of %s answered %d", backend.label, route.name, resp.status)
+            return attempt
+        try:
+            if whole and resp.status < 400:
+                attempt.answer = await resp.read()
+            elif prime and resp.status < 400 and resp.content_type == "text/event-stream":
+                resp = await prime_stream(resp)
+        except UpstreamDisconnected as exc:
+            health.failed(i, time.monotonic())
+            attempt.failure = _as_refusal(exc)
+            return attempt
+        except BaseException:
+            resp.close()
+            raise
+        attempt.resp = resp
+        attempt.first_byte_s = time.perf_counter() - attempt.sent_at
+        return attempt
+
+    async def _race(
+        self,
+        route: ModelRoute,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        ex: Exchange,
+        tried: set[int],
+        delay_s: float,
+        rewrite: bool,
+        whole: bool,
+    ) -> Attempt:
+        """The first attempt of a hedged request: on the one replica in ``tried``, and
+        after ``delay_s`` without a first byte, on a second one too; the first to answer
+        wins and the other is cancelled."""
+        (first,) = tried
+        tasks = {
+            asyncio.ensure_future(
+                self._attempt(route, first, path, body, raw, rewrite, whole, True)
+            ): first
+        }
+        spare: int | None = None  # the second's slot in the model's queue
+        winner: Attempt | None = None
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=delay_s)
+            if not done:
+                second = await self._hedge_target(route, ex, tried)
+                if second is not None:
+                    tried.add(second)
+                    spare = second if ex.queue is not None else None
+                    hedged = asyncio.ensure_future(
+                        self._attempt(route, second, path, body, raw, rewrite, whole, True)
+                    )
+                    tasks[hedged] = second
+                    self.metrics.hedged(route.name)
+            winner = await first_answer(tasks)
+            if winner.failure is None and winner.index != first:
+                self.metrics.hedge_won(route.name)
+            return winner
+        finally:
+            for task, index in tasks.items():
+                if winner is None or winner.failure is not None or index != winner.index:
+                    discard(task)
+            if spare is not None:
+                self._settle_spare(ex, spare, winner)
+
+    async def _hedge_target(self, route: ModelRoute, ex: Exchange, tried: set[int]) -> int | None:
+        """The replica for a hedge, taken, or None: a replica whose breaker is closed and
+        (for a queued model) with a free slot, while the model's retry budget and the
+        request's ``retries`` budgets allow one more attempt."""
+        tokens = ex.size_tokens
+        if ex.queue is not None:
+            target = ex.queue.take_spare(tokens, tried)
+        else:
+            health = route.router.health
+            shut = {i for i, b in enumerate(health.breakers) if b.state is not BreakerState.CLOSED}
+            key = ex.affinity_key or ex.request_id
+            target = route.router.choose(time.monotonic(), frozenset(tried | shut), key, tokens)
+        if target is None:
+            return None
+        allowed = True
+        try:
+            if ex.held is not None:
+                await self.gate.retry(ex.request_id, ex.charge, time.time())
+        except OpenAIError:
+            allowed = False  # the run's retries are spent: the first attempt goes on
+        except BaseException:
+            self._untake(ex, target)
+            raise
+        # Last, with no await after it: ``allow`` counts the request as retrying.
+        if allowed and route.retry_budget.allow(ex.retries > 0):
+            ex.retries += 1
+            return target
+        self._untake(ex, target)
+        return None
+
+    @staticmethod
+    def _untake(ex: Exchange, target: int) -> None:
+        if ex.queue is not None:
+            ex.queue.release(target, 0.0, ex.size_tokens, measured=False)
+
+    @staticmethod
+    def _settle_spare(ex: Exchange, spare: int, winner: Attempt | None) -> None:
+        """A hedge held a second slot in the model's queue: the loser's slot goes back."""
+        assert ex.queue is not None and ex.slot is not None
+        if winner is not None and winner.failure is None and winner.index == spare:
+            ex.queue.release(ex.slot, 0.0, ex.size_tokens, measured=False)
+            ex.slot, ex.dispatched_at = spare, time.monotonic()
+        else:
+            ex.queue.release(spare, 0.0, ex.size_tokens, measured=False)
 
     @staticmethod
     def _pick(route: ModelRoute, ex: Exchange, tried: set[int]) -> int | None:
@@ -607,6 +780,27 @@ def _until(deadline: float | None) -> contextlib.AbstractAsyncContextManager[obj
     if deadline is None:
         return contextlib.nullcontext()
     return asyncio.timeout(deadline - time.time())
+
+
+def _closed(route: ModelRoute, i: int) -> bool:
+    """Hedge only from a replica whose breaker is closed: a half-open one's request is its
+    probe, which must end in an outcome, not a cancellation."""
+    return route.router.health.breakers[i].state is BreakerState.CLOSED
+
+
+def _met_ttft(ex: Exchange, target_s: float, duration_s: float) -> bool | None:
+    """Did a request meet its class's TTFT target? A whole answer's first token comes
+    with the answer. Refusals for its class and server failures miss it; the client's
+    own errors, budgets and a client that left before the target count neither way."""
+    if ex.ttft_s is not None:
+        return ex.ttft_s <= target_s
+    if ex.error_type is None and ex.status < 400:
+        return duration_s <= target_s
+    if ex.error_type == "slo_unattainable" or ex.status >= 500:
+        return False
+    if ex.error_type == "client_disconnected" and duration_s > target_s:
+        return False
+    return None
 
 
 def _actual_usage(ex: Exchange) -> Amount:

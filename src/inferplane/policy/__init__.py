@@ -19,9 +19,10 @@ from inferplane.policy._budgets import (
     charge_scopes,
     units_that_fit,
 )
-from inferplane.policy._capacity import EngineLoad, learn_slots
+from inferplane.policy._capacity import EngineLoad, learn_slots, learn_token_capacity
 from inferplane.policy._dispatch import ClassPolicy, Dispatcher, Unattainable
 from inferplane.policy._health import Breaker, BreakerState, Health
+from inferplane.policy._hedging import LatencyTracker
 from inferplane.policy._leases import LeaseAsk, LeaseGrant, lease_ask, lease_grant
 from inferplane.policy._queueing import DispatchQueue, QueueItem, SloClass
 from inferplane.policy._retry import RetryBudget
@@ -42,6 +43,7 @@ __all__ = [
     "EngineLoad",
     "Granted",
     "Health",
+    "LatencyTracker",
     "LeaseAsk",
     "LeaseGrant",
     "QueueItem",
@@ -56,6 +58,7 @@ __all__ = [
     "Window",
     "charge_scopes",
     "learn_slots",
+    "learn_token_capacity",
     "lease_ask",
     "lease_grant",
     "least_loaded_of_two",

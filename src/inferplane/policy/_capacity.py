@@ -1,4 +1,5 @@
-"""How many requests a replica can run at once, learned from what it reports.
+"""How many requests, and how many tokens, a replica can run at once, learned from what
+it reports.
 
 A vLLM-like engine runs up to its ``max_num_seqs`` requests (fewer when its
 KV cache is full) and queues the rest, first come, first served, where the
@@ -11,6 +12,23 @@ own count of slots per replica and adjusts it from the replica's metrics:
   replica might take more; add an eighth (additive increase, probing upwards);
 - otherwise: keep them.
 
+Tokens (``learn_token_capacity``) are what the gateway reserves per request
+(prompt + max output), so the capacity learned is in those units: how many
+reserved tokens the replica holds without queueing. With the KV cache
+``kv_usage`` full while the gateway has ``R`` tokens in flight there,
+``R / kv_usage`` is what fits when full, at the current ratio of tokens actually
+cached to tokens reserved (requests early in their output cache less than they
+reserve; a replica shared with other clients looks fuller, so this errs low):
+
+- requests *waiting* in the engine: it is over-committed; the capacity drops at
+  once to the part of the gateway's tokens the engine runs (by its share of
+  requests), with headroom (multiplicative decrease);
+- KV usage high enough to measure (a few percent): the estimate, with
+  headroom, is a sample; a sample below the capacity pulls it down half way; one
+  above raises it by at most an eighth, and only while the gateway used most of
+  it (probing upwards, as for slots);
+- nothing measurable: keep it (None: not learned yet, no limit).
+
 Pure: the driver scrapes the metrics and passes them in.
 """
 
@@ -18,10 +36,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EngineLoad", "learn_slots"]
+__all__ = ["EngineLoad", "learn_slots", "learn_token_capacity"]
 
-# A replica whose KV cache is this full is not offered more work.
+# A replica whose KV cache is this full is not offered more work; a learned token
+# capacity is this share of the estimate.
 _KV_HEADROOM = 0.9
+# Below this KV usage the ratio of tokens to usage is mostly rounding (blocks).
+_KV_MEASURABLE = 0.05
+# A capacity used this much may probe upwards.
+_WELL_USED = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +68,33 @@ def learn_slots(
     else:
         learned = slots
     return max(floor, min(ceiling, learned))
+
+
+def learn_token_capacity(
+    capacity: int | None,
+    load: EngineLoad,
+    in_flight_tokens: int,
+    *,
+    floor: int = 1,
+    ceiling: int = 1 << 40,
+) -> int | None:
+    """The replica's token capacity (reserved tokens it may hold at once) after seeing
+    ``load`` while the gateway had ``in_flight_tokens`` there; None while unlearned."""
+    if in_flight_tokens <= 0:
+        return capacity
+    if load.waiting > 0 and load.running > 0:
+        held = _KV_HEADROOM * in_flight_tokens * load.running / (load.running + load.waiting)
+        learned = held if capacity is None else min(capacity, held)
+    elif load.kv_usage >= _KV_MEASURABLE:
+        sample = _KV_HEADROOM * in_flight_tokens / min(load.kv_usage, 1.0)
+        if capacity is None:
+            learned = sample
+        elif sample < capacity:
+            learned = capacity - (capacity - sample) / 2
+        elif in_flight_tokens >= _WELL_USED * capacity:
+            learned = min(sample, capacity + max(1, capacity // 8))
+        else:
+            learned = capacity
+    else:
+        return capacity
+    return max(floor, min(ceiling, int(learned)))

@@ -4,8 +4,12 @@ Prometheus form of the OTel names (dots become underscores): histograms
 ``gen_ai_client_token_usage`` (by ``gen_ai_token_type``),
 ``gen_ai_server_time_to_first_token``, ``gen_ai_server_time_per_output_token``,
 ``gen_ai_server_request_duration`` (seconds; buckets are the conventions'
-advisory ones), plus ``inferplane_requests_in_flight`` and
-``inferplane_errors_total`` by ``error_type``.
+advisory ones), plus ``inferplane_requests_in_flight``,
+``inferplane_errors_total`` by ``error_type``, ``inferplane_queue_depth`` by
+``slo_class``, ``inferplane_slo_requests_total`` by ``slo_class`` and
+``outcome`` (met or missed its TTFT target), ``inferplane_hedges_total`` and
+``inferplane_hedges_won_total``, and ``inferplane_backend_capacity`` by
+``backend`` and ``unit`` (requests or tokens the gateway sends it at once).
 """
 
 from __future__ import annotations
@@ -86,6 +90,30 @@ class GatewayMetrics:
             [MODEL, "error_type"],
             registry=r,
         )
+        self._slo = Counter(
+            "inferplane_slo_requests",
+            "Requests of SLO classes with a TTFT target, by whether they met it.",
+            [MODEL, "slo_class", "outcome"],
+            registry=r,
+        )
+        self._hedges = Counter(
+            "inferplane_hedges",
+            "Second attempts sent because the first had no first byte in time.",
+            [MODEL],
+            registry=r,
+        )
+        self._hedges_won = Counter(
+            "inferplane_hedges_won",
+            "Second attempts that answered first (the first attempt was cancelled).",
+            [MODEL],
+            registry=r,
+        )
+        self._capacity = Gauge(
+            "inferplane_backend_capacity",
+            "Requests or tokens the gateway sends a backend at once (+Inf: no limit).",
+            [MODEL, "backend", "unit"],
+            registry=r,
+        )
 
     def labels(self, model: str, operation: str, tenant: str) -> tuple[str, str, str]:
         return (self.model(model), operation, self.tenant(tenant))
@@ -97,6 +125,22 @@ class GatewayMetrics:
     def watch_queue(self, model: str, slo_class: str, depth: Callable[[], int]) -> None:
         """Report a queue's depth at every scrape."""
         self._queued.labels(self.model(model), slo_class).set_function(depth)
+
+    def watch_capacity(
+        self, model: str, backend: str, unit: str, capacity: Callable[[], float]
+    ) -> None:
+        """Report a backend's capacity in ``unit`` (requests, tokens) at every scrape."""
+        self._capacity.labels(self.model(model), backend, unit).set_function(capacity)
+
+    def slo(self, model: str, slo_class: str, met: bool) -> None:
+        """A request of a class with a TTFT target met it, or missed it."""
+        self._slo.labels(self.model(model), slo_class, "met" if met else "missed").inc()
+
+    def hedged(self, model: str) -> None:
+        self._hedges.labels(self.model(model)).inc()
+
+    def hedge_won(self, model: str) -> None:
+        self._hedges_won.labels(self.model(model)).inc()
 
     def started(self, model: str) -> None:
         self._in_flight.labels(self.model(model)).inc()
