@@ -65,12 +65,13 @@ def test_overload_is_refused_by_class_and_urgent_traffic_keeps_its_slo() -> None
         "m": {
             "catalogue": "llama-3.1-8b",
             "routing": "least_loaded",
-            "replicas": [{"gpu": "H100", "count": 1, "max_num_seqs": 8, "max_concurrency": 8}],
+            "replicas": [{"gpu": "H100", "count": 1, "max_num_seqs": 32, "max_concurrency": 32}],
         }
     }
     streams = [
-        stream(3, output=200, slo_class="realtime", tenant="rt"),
-        stream(40, output=200, slo_class="batch", tenant="bulk"),
+        stream(3, output=200, slo_class="realtime", tenant="rt"),  # ~15% of capacity
+        # Varied lengths: equal ones would free all slots at once.
+        {**stream(80, slo_class="batch", tenant="bulk"), "output_tokens": {"uniform": [50, 350]}},
     ]
     summary = Simulation(scenario(streams, 60, models=models)).run()
     realtime, batch = summary["by_class"]["realtime"], summary["by_class"]["batch"]

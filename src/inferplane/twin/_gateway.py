@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from inferplane.config import SloClass
 from inferplane.engines import EngineRequest, Finished, Produced
 from inferplane.engines._core import Event
 from inferplane.perf import PerfModel, get_gpu, get_model
-from inferplane.policy import ClassPolicy, Dispatcher, Health, QueueItem, Router
+from inferplane.policy import Dispatcher, Health, LatencyTracker, QueueItem, Router
 from inferplane.twin._loop import EventLoop
 from inferplane.twin._replica import ReplicaState, SimReplica
 from inferplane.twin._scenario import Scenario, SimModel
@@ -64,14 +63,23 @@ class SimRoute:
         groups = [group for group, _ in spec.pool()]
         self.router = Router(self.health, spec.routing, [group.weight for group in groups])
         self.slot_limits = [group.max_concurrency for group in groups]
+        token_limits = [group.max_tokens_in_flight for group in groups]
         self.dispatcher: Dispatcher | None = None
-        if any(s is not None for s in self.slot_limits):
+        if any(s is not None for s in self.slot_limits + token_limits):
             self.dispatcher = Dispatcher(
-                _class_policies(sc.slo_classes),
+                {name: c.policy(name) for name, c in sc.slo_classes.items()},
                 list(self.slot_limits),
                 aging_s=sc.queue_aging_s,
                 tenant_weights={name: t.weight for name, t in sc.tenants.items()},
+                token_capacity=token_limits,
             )
+        # Time from dispatch to first token, as the live gateway measures it to admit by
+        # TTFT target (streams: the twin's clients all stream).
+        self.first_token = LatencyTracker(
+            min_samples=g.hedge_min_samples,
+            min_delay_s=g.hedge_min_delay_s,
+            max_delay_s=g.hedge_max_delay_s,
+        )
         self.waiting: dict[str, SimRequest] = {}  # queued in the dispatcher
         self.expiry_at: float | None = None
         self.unusable: frozenset[int] = frozenset()
@@ -133,7 +141,7 @@ class SimGateway:
                 self._start(route, request, index, now)
             return
         item = QueueItem(request.id, request.arrival.tenant, request.slo_class, request.tokens, now)
-        if d.submit(item, now) is not None:
+        if d.submit(item, now, first_token_s=route.first_token.typical()) is not None:
             self._refuse(request, now, "slo_unattainable")
             return
         route.waiting[request.id] = request
@@ -217,7 +225,7 @@ class SimGateway:
             del self.in_engine[request.id]
             route.router.done(index, request.tokens)
             if route.dispatcher is not None:
-                route.dispatcher.finished(index, now - request.dispatched_at)
+                route.dispatcher.finished(index, 0.0, tokens=request.tokens, measured=False)
             request.replica, request.route_index = None, -1
             if request.first_token_at is None:
                 request.retries += 1
@@ -234,7 +242,9 @@ class SimGateway:
             request = self.in_engine[event.request_id]
             if request.first_token_at is None:
                 request.first_token_at = event.time
-                observe = self.routes[request.model].on_first_token
+                route = self.routes[request.model]
+                route.first_token.observe(event.time - request.dispatched_at)
+                observe = route.on_first_token
                 if observe is not None:
                     observe(event.time - request.arrival.time)
         elif isinstance(event, Finished):
@@ -247,9 +257,6 @@ class SimGateway:
             if replica.state is ReplicaState.DRAINING and replica.in_engine == 0:
                 replica.set_state(ReplicaState.OFF, event.time)
             if route.dispatcher is not None:
-                route.dispatcher.finished(index, event.time - request.dispatched_at)
+                service_s = event.time - request.dispatched_at
+                route.dispatcher.finished(index, service_s, tokens=request.tokens)
                 self._pump(route, event.time)
-
-
-def _class_policies(classes: dict[str, SloClass]) -> dict[str, ClassPolicy]:
-    return {name: ClassPolicy(name, c.priority, c.max_queue_s) for name, c in classes.items()}

@@ -48,8 +48,9 @@ class ReplicaGroup(Strict):
     max_num_batched_tokens: int = Field(8192, ge=1)
     enable_chunked_prefill: bool = True
     kv_capacity_tokens: int | None = Field(None, ge=1)  # None: from the performance model
-    # The gateway's slots per replica, as a backend's max_concurrency (None: no queue).
+    # The gateway's limits per replica, as a backend's (None: none; neither: no queue).
     max_concurrency: int | None = Field(None, ge=1)
+    max_tokens_in_flight: int | None = Field(None, ge=1)  # as a backend's, in tokens
     weight: float = Field(1.0, ge=0, le=1000)
     # USD per replica-hour; None: tp x the catalogue's on-demand GPU price.
     price_per_hour: float | None = Field(None, ge=0)
