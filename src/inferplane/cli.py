@@ -179,6 +179,9 @@ def engine_emulate(
         bool,
         typer.Option(help="Split long prompts across steps (vLLM v1) or prefill them whole."),
     ] = True,
+    prefix_caching: Annotated[
+        bool, typer.Option(help="Reuse the KV of shared prompt prefixes (vLLM v1's default).")
+    ] = True,
     error_rate: Annotated[
         float, typer.Option(help="Fault injection: fraction of requests answered with HTTP 500.")
     ] = 0.0,
@@ -195,6 +198,7 @@ def engine_emulate(
             max_num_batched_tokens=max_num_batched_tokens,
             kv_capacity_tokens=kv_capacity_tokens,
             enable_chunked_prefill=chunked_prefill,
+            enable_prefix_caching=prefix_caching,
         )
         settings = EmulatorSettings(
             gpu=gpu,
@@ -526,6 +530,9 @@ def bench_slo(
     loads: Annotated[str, typer.Option(help="Offered load, x capacity.")] = "0.5,1,2,3",
     duration: Annotated[float, typer.Option(help="Seconds of arrivals per load.")] = 20.0,
     seed: int = 7,
+    prefix_replicas: Annotated[
+        int, typer.Option(help="Replicas of the prefix-affinity run (0: skip it).")
+    ] = 3,
     out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/slo.json"),
 ) -> None:
     """SLO attainment, goodput and fairness under 0.5-3x load: inferplane vs FIFO."""
@@ -542,6 +549,7 @@ def bench_slo(
             seed=seed,
             out=out,
             echo=console.print,
+            prefix_replicas=prefix_replicas,
         )
     )
     console.print(f"JSON: {out}")

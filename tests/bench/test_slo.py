@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inferplane.bench.slo import _fairness, _Outcome, _summarise
+from inferplane.bench.slo import _fairness, _Outcome, _summarise, run_prefix_affinity
 
 
 def served(tenant: str, tokens: int, n: int, *, end: float = 1.0) -> list[_Outcome]:
@@ -37,3 +37,22 @@ def test_attainment_counts_refusals_and_late_first_tokens_as_misses() -> None:
     ]
     realtime = _summarise(outcomes, duration_s=2.0, ts=1.0)["classes"]["realtime"]
     assert (realtime["attainment"], realtime["refused"], realtime["goodput_rps"]) == (0.5, 1, 1.0)
+
+
+@pytest.mark.integration
+def test_prefix_affinity_finds_more_of_the_prompts_cached_than_least_loaded() -> None:
+    # A few requests per team: least_loaded pays a cold miss per team and replica it
+    # spreads the team over, affinity one per team.
+    report = run_prefix_affinity(replicas=2, duration_s=3.0, echo=lambda _: None)
+    assert report["setup"]["requests"] > 20
+    for routing in ("least_loaded", "prefix_affinity"):
+        run = report[routing]
+        assert run["requests"] == report["setup"]["requests"]
+        assert run["failed"] == 0
+        assert 0 < run["ttft_p50_s"] <= run["ttft_p99_s"]
+        assert 0 < run["prefix_cache_hits_tokens"] < run["prefix_cache_queries_tokens"]
+    assert (
+        report["prefix_affinity"]["prefix_cache_hit_rate"]
+        > report["least_loaded"]["prefix_cache_hit_rate"]
+    )
+    assert isinstance(report["mean_ttft_reduction_pct"], float)

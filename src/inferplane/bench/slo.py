@@ -22,6 +22,15 @@ interactive TTFT <= 2 s, batch end-to-end <= 600 s. A refused request misses
 its SLO. Fairness is its own run: only ``a`` and ``b`` (equal weights), batch at
 10:1 demand and twice the capacity; Jain's index over the tokens each got
 served while the load lasted, each divided by its max-min fair share.
+
+Prefix affinity is a third run (``run_prefix_affinity``): requests from 16 teams,
+each sending its own 2,000-token system prompt and a short question, Poisson at a
+moderate rate, against fresh replicas (cold prefix caches) with the gateway
+routing ``least_loaded``, then the same arrivals against fresh replicas with
+``prefix_affinity``. Each replica's KV cache is capped so the 16 prompts fit in
+the fleet's caches but not in any one: the regime where routing decides what a
+cache holds. Reported: TTFT (mean, p50, p99) and the engines' prefix-cache hit
+rate (``vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total``).
 """
 
 from __future__ import annotations
@@ -29,9 +38,12 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
+import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +54,10 @@ import orjson
 from inferplane import launcher
 from inferplane.bench._report import save_report
 from inferplane.gateway import Http1Upstream, UpstreamError
+from inferplane.perf import filler_text
 from inferplane.wire import SSEDecoder, sse_payload
 
-__all__ = ["run_slo"]
+__all__ = ["run_prefix_affinity", "run_slo"]
 
 _MODEL = "llama-3.1-8b"
 # Engine-second SLO targets: (metric, limit).
@@ -73,7 +86,17 @@ class _Outcome:
     arrival_s: float = 0.0  # since the load began
 
 
-def _config(name: str, replicas: list[str], port: int, workdir: Path, slots: int, ts: float) -> str:
+def _config(
+    name: str,
+    replicas: list[str],
+    port: int,
+    workdir: Path,
+    slots: int,
+    ts: float,
+    routing: str | None = None,
+) -> str:
+    """``inferplane``: classes, the gateway queue, least-loaded routing; any other name:
+    a plain proxy routing round robin, or by ``routing``."""
     from inferplane.gateway import hash_key
 
     queued = name == "inferplane"
@@ -91,7 +114,7 @@ def _config(name: str, replicas: list[str], port: int, workdir: Path, slots: int
     tenants = "".join(
         f"  {t}:\n    keys: [{{name: {t}, sha256: {hash_key('sk-' + t)}}}]\n" for t in "abc"
     )
-    routing = "least_loaded" if queued else "round_robin"
+    routing = routing or ("least_loaded" if queued else "round_robin")
     return (
         f"gateway: {{port: {port}, read_timeout_s: 600, max_connections_per_backend: 4096}}\n"
         f"data_dir: {workdir / name}\nusage_ledger: false\n{classes}"
@@ -101,12 +124,17 @@ def _config(name: str, replicas: list[str], port: int, workdir: Path, slots: int
 
 
 async def _one(
-    http: Http1Upstream, url: str, tenant: str, cls: str, output_tokens: int
+    http: Http1Upstream,
+    url: str,
+    tenant: str,
+    cls: str,
+    output_tokens: int,
+    messages: list[dict[str, str]] | None = None,
 ) -> _Outcome:
     body = orjson.dumps(
         {
             "model": _MODEL,
-            "messages": [{"role": "user", "content": _PROMPT}],
+            "messages": messages or [{"role": "user", "content": _PROMPT}],
             "max_tokens": output_tokens,
             "ignore_eos": True,
             "stream": True,
@@ -266,32 +294,20 @@ def run_slo(
     seed: int = 7,
     out: Path | None = None,
     echo: Callable[[str], None] = print,
+    prefix_replicas: int = 3,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="inferplane-bench-slo-"))
-    py = [sys.executable, "-m", "inferplane"]
     children: list[launcher.Child] = []
     try:
-        urls = []
-        for _ in range(replicas):
-            port = launcher.free_port()
-            argv = [*py, "engine", "emulate", "--port", str(port), "--time-scale", str(time_scale)]
-            # The engine runs at most ``slots`` at once and queues the rest FIFO, as vLLM
-            # does with max_num_seqs: both gateways face the same capacity.
-            argv += ["--max-num-seqs", str(slots)]
-            child = launcher.start(
-                f"engine-{port}", f"http://127.0.0.1:{port}", argv, log_dir=workdir
-            )
-            children.append(child)
-            urls.append(child.url)
+        # The engines run at most ``slots`` at once and queue the rest FIFO, as vLLM
+        # does with max_num_seqs: both gateways face the same capacity.
+        children += _start_engines(replicas, slots, time_scale, workdir)
+        urls = [child.url for child in children]
         gateways = {}
         for name in ("inferplane", "fifo"):
             port = launcher.free_port()
-            config = workdir / f"{name}.yaml"
-            config.write_text(_config(name, urls, port, workdir, slots, time_scale))
-            gateways[name] = launcher.start(
-                name, f"http://127.0.0.1:{port}", [*py, "serve", "--config", str(config)],
-                log_dir=workdir,
-            )  # fmt: skip
+            config = _config(name, urls, port, workdir, slots, time_scale)
+            gateways[name] = _start_gateway(name, port, config, workdir)
             children.append(gateways[name])
         launcher.wait_healthy(children)
         capacity = asyncio.run(
@@ -323,6 +339,17 @@ def run_slo(
             echo(f"fairness, 10:1 demand at 2x: {name:<11} Jain {fairness[name]['jain']}")
     finally:
         launcher.stop_all(children)
+    prefix = None
+    if prefix_replicas > 0:
+        prefix = run_prefix_affinity(
+            replicas=prefix_replicas,
+            slots=slots,
+            time_scale=time_scale,
+            duration_s=duration_s,
+            seed=seed,
+            workdir=workdir,
+            echo=echo,
+        )
     return save_report(
         "slo",
         {
@@ -334,10 +361,194 @@ def run_slo(
             "targets": _TARGETS,
             "streams": _STREAMS,
         },
-        {"capacity_rps": round(capacity, 2), "rows": rows, "fairness_10_to_1_at_2x": fairness},
+        {
+            "capacity_rps": round(capacity, 2),
+            "rows": rows,
+            "fairness_10_to_1_at_2x": fairness,
+            "prefix_affinity": prefix,
+        },
         out,
     )
 
 
 def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _start_engines(
+    n: int, slots: int, time_scale: float, workdir: Path, *extra: str
+) -> list[launcher.Child]:
+    children = []
+    for _ in range(n):
+        port = launcher.free_port()
+        argv = [sys.executable, "-m", "inferplane", "engine", "emulate", "--port", str(port)]
+        argv += ["--time-scale", str(time_scale), "--max-num-seqs", str(slots), *extra]
+        url = f"http://127.0.0.1:{port}"
+        children.append(launcher.start(f"engine-{port}", url, argv, log_dir=workdir))
+    return children
+
+
+def _start_gateway(name: str, port: int, config: str, workdir: Path) -> launcher.Child:
+    path = workdir / f"{name}.yaml"
+    path.write_text(config)
+    argv = [sys.executable, "-m", "inferplane", "serve", "--config", str(path)]
+    return launcher.start(name, f"http://127.0.0.1:{port}", argv, log_dir=workdir)
+
+
+# -- prefix affinity ------------------------------------------------------------
+
+_PREFIX_GROUPS = 16  # teams, each with its own system prompt
+_PREFIX_TOKENS = 2000  # tokens of each system prompt
+_PREFIX_QUESTION_TOKENS = 24
+_PREFIX_OUTPUT = 32
+# Per replica: the 16 prompts (32k tokens) fit in three replicas' caches, not in one.
+_PREFIX_KV_TOKENS = 24_576
+_PREFIX_RATE = 10.0  # requests per engine second, per replica: a moderate load
+
+
+def _system_prompt(group: int) -> str:
+    # Filler words are one token each: the prompt is _PREFIX_TOKENS tokens past its header.
+    header = f"You are the assistant of team {group}; follow its handbook below.\n"
+    return header + "".join(filler_text(1000 + group, 0, _PREFIX_TOKENS))
+
+
+def _prefix_arrivals(rate: float, duration_s: float, seed: int) -> list[tuple[float, int, str]]:
+    """(time, team, question): Poisson arrivals, teams uniform, every question unique."""
+    rng = random.Random(seed)
+    arrivals: list[tuple[float, int, str]] = []
+    t = rng.expovariate(rate)
+    while t < duration_s:
+        i = len(arrivals)
+        words = "".join(filler_text(seed * 1_000_003 + i, 0, _PREFIX_QUESTION_TOKENS))
+        arrivals.append((t, rng.randrange(_PREFIX_GROUPS), f"Question {i}: {words}?"))
+        t += rng.expovariate(rate)
+    return arrivals
+
+
+async def _prefix_load(url: str, arrivals: list[tuple[float, int, str]]) -> list[_Outcome]:
+    http = Http1Upstream(connect_timeout_s=5, read_timeout_s=600, max_connections_per_host=4096)
+    prompts = [_system_prompt(g) for g in range(_PREFIX_GROUPS)]
+    tasks: list[asyncio.Task[_Outcome]] = []
+    start = time.perf_counter()
+    for t, group, question in arrivals:
+        delay = start + t - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        messages = [
+            {"role": "system", "content": prompts[group]},
+            {"role": "user", "content": question},
+        ]
+        one = _one(http, url, "a", "batch", _PREFIX_OUTPUT, messages)
+        tasks.append(asyncio.create_task(one))
+    outcomes = list(await asyncio.gather(*tasks))
+    await http.aclose()
+    return outcomes
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text: str = resp.read().decode()
+    return text
+
+
+def _metric_sum(texts: list[str], name: str) -> float:
+    """The sum over replicas of one series (its first sample on each)."""
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+    return sum(float(m.group(1)) for text in texts if (m := pattern.search(text)))
+
+
+def _prefix_summary(outcomes: list[_Outcome], metrics: list[str], ts: float) -> dict[str, Any]:
+    ttfts = [o.ttft_s * ts for o in outcomes if o.ttft_s is not None and o.status == 200]
+    queries = _metric_sum(metrics, "vllm:prefix_cache_queries_total")
+    hits = _metric_sum(metrics, "vllm:prefix_cache_hits_total")
+    engine_ttft = _metric_sum(metrics, "vllm:time_to_first_token_seconds_sum")
+    engine_count = _metric_sum(metrics, "vllm:time_to_first_token_seconds_count")
+    return {
+        "requests": len(outcomes),
+        "failed": sum(1 for o in outcomes if o.status != 200),
+        "ttft_mean_s": round(statistics.fmean(ttfts), 4) if ttfts else None,
+        "ttft_p50_s": _round(_percentile(ttfts, 0.5)),
+        "ttft_p99_s": _round(_percentile(ttfts, 0.99)),
+        "prefix_cache_queries_tokens": int(queries),
+        "prefix_cache_hits_tokens": int(hits),
+        "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
+        # The engines' own TTFT (engine seconds): the model's figure, without the
+        # gateway's and the client's CPU time on a shared machine.
+        "engine_ttft_mean_s": round(engine_ttft / engine_count, 4) if engine_count else None,
+    }
+
+
+def run_prefix_affinity(
+    *,
+    replicas: int = 3,
+    slots: int = 16,
+    time_scale: float = 1.0,
+    duration_s: float = 20.0,
+    seed: int = 7,
+    workdir: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """TTFT and prefix-cache hit rate of ``least_loaded`` against ``prefix_affinity``
+    routing: the same arrivals, each against fresh replicas (cold caches)."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="inferplane-bench-prefix-"))
+    rate = _PREFIX_RATE * replicas * time_scale  # wall requests per second
+    arrivals = _prefix_arrivals(rate, duration_s, seed)
+    echo(
+        f"shared prefixes: {_PREFIX_GROUPS} system prompts of {_PREFIX_TOKENS:,} tokens, "
+        f"{replicas} replicas with {_PREFIX_KV_TOKENS:,} tokens of KV cache each, "
+        f"{rate / time_scale:.0f} req/s"
+    )
+    echo(
+        f"{'routing':<17}{'mean ttft':>10}{'p50 ttft':>10}{'p99 ttft':>10}"
+        f"{'hit rate':>10}{'engine ttft':>12}"
+    )
+    runs: dict[str, Any] = {}
+    for routing in ("least_loaded", "prefix_affinity"):
+        kv = ("--kv-capacity-tokens", str(_PREFIX_KV_TOKENS))
+        children = _start_engines(replicas, slots, time_scale, workdir / routing, *kv)
+        try:
+            urls = [child.url for child in children]
+            port = launcher.free_port()
+            config = _config(routing, urls, port, workdir, slots, time_scale, routing)
+            children.append(_start_gateway(routing, port, config, workdir))
+            launcher.wait_healthy(children)
+            outcomes = asyncio.run(_prefix_load(children[-1].url, arrivals))
+            run = _prefix_summary(outcomes, [_scrape(url) for url in urls], time_scale)
+        finally:
+            launcher.stop_all(children)
+        runs[routing] = run
+        echo(
+            f"{routing:<17}{_fmt(run['ttft_mean_s'], 3):>10}{_fmt(run['ttft_p50_s'], 3):>10}"
+            f"{_fmt(run['ttft_p99_s'], 3):>10}{_fmt(run['prefix_cache_hit_rate'], 3):>10}"
+            f"{_fmt(run['engine_ttft_mean_s'], 3):>12}"
+        )
+    reduction = _reduction_pct(runs, "ttft_mean_s")
+    engine_reduction = _reduction_pct(runs, "engine_ttft_mean_s")
+    echo(
+        f"prefix affinity vs least_loaded: mean TTFT {_fmt(reduction, 1)}% lower "
+        f"({_fmt(engine_reduction, 1)}% in the engines' own TTFT)"
+    )
+    return {
+        "setup": {
+            "replicas": replicas,
+            "groups": _PREFIX_GROUPS,
+            "system_prompt_tokens": _PREFIX_TOKENS,
+            "question_tokens": _PREFIX_QUESTION_TOKENS,
+            "output_tokens": _PREFIX_OUTPUT,
+            "kv_capacity_tokens": _PREFIX_KV_TOKENS,
+            "rate_rps": round(rate / time_scale, 2),
+            "requests": len(arrivals),
+        },
+        **runs,
+        "mean_ttft_reduction_pct": reduction,
+        "engine_mean_ttft_reduction_pct": engine_reduction,
+    }
+
+
+def _reduction_pct(runs: dict[str, Any], metric: str) -> float | None:
+    base, affinity = runs["least_loaded"][metric], runs["prefix_affinity"][metric]
+    return round(100 * (1 - affinity / base), 1) if base and affinity is not None else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

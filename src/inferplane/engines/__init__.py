@@ -9,7 +9,11 @@ from inferplane.engines._core import (
     Preempted,
     Produced,
 )
-from inferplane.engines._emulator import EmulatorSettings, create_emulator_app
+from inferplane.engines._emulator import (
+    EmulatorSettings,
+    create_emulator_app,
+    prompt_block_hashes,
+)
 from inferplane.engines._live import LiveEngine, Observer, Stream
 
 __all__ = [
@@ -25,4 +29,5 @@ __all__ = [
     "Produced",
     "Stream",
     "create_emulator_app",
+    "prompt_block_hashes",
 ]

@@ -10,12 +10,20 @@ token budget per step shared by decodes and chunked prefills, running requests
 first, waiting requests admitted FCFS while KV blocks and sequence slots last,
 and recompute preemption of the most recently admitted request when the KV
 cache runs out. A step's duration comes from the performance model.
+
+Automatic prefix caching follows vLLM v1 too (``vllm/v1/core/block_pool.py``,
+``kv_cache_manager.py``): a request may carry a hash chain of its prompt's full
+blocks; once scheduled, those blocks are registered under their hash, and a
+later request whose leading hashes are registered reuses them (reference
+counted) and prefills only the rest. A block nobody references stays cached but
+counts as free; it is evicted, least recently freed first, only when an
+allocation needs the room. A request without hashes costs no cache work.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 
 from inferplane.perf import PerfModel, StepShape
@@ -43,6 +51,8 @@ class EngineLimits:
     enable_chunked_prefill: bool = True
     # None: derived from the performance model (free memory / KV bytes per token).
     kv_capacity_tokens: int | None = None
+    # vLLM v1 enables automatic prefix caching by default.
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
@@ -58,14 +68,19 @@ class EngineRequest:
     request_id: str
     num_prompt_tokens: int
     num_output_tokens: int  # generation stops after this many tokens
+    # One hash per full block of the prompt, each covering its block and every one
+    # before it (vLLM's chain); empty when the caller knows nothing of the prompt.
+    block_hashes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """The request joined the running batch (again, after a preemption) at ``time``."""
+    """The request joined the running batch (again, after a preemption) at ``time``,
+    its first ``num_cached_tokens`` prompt tokens found in the prefix cache."""
 
     request_id: str
     time: float
+    num_cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +116,13 @@ class _Seq:
     num_tokens: int  # prompt + output tokens known so far
     num_computed: int = 0  # tokens whose KV is in the cache
     num_output: int = 0
-    num_blocks: int = 0
+    num_blocks: int = 0  # blocks it holds, shared ones included
+    # The prompt's block hashes while some are left to register, else (); always () without
+    # prefix caching. Checked for every running request at every step: keep it one test.
+    hashes: tuple[int, ...] = ()
+    num_hashed: int = 0  # leading blocks already taken from or entered in the cache
+    shared: list[int] = field(default_factory=list)  # hashes of cached blocks it references
+    preempted: bool = False
 
 
 @dataclass(slots=True)
@@ -135,7 +156,17 @@ class EngineCore:
         self.num_blocks = capacity // self.limits.block_size
         if self.num_blocks < 1:
             raise ValueError("no KV cache left for this model on this GPU and TP degree")
+        # Free blocks: empty ones plus cached ones nobody references (vLLM's free queue).
         self.num_free_blocks = self.num_blocks
+        self._caching = self.limits.enable_prefix_caching
+        # The prefix cache: references per registered block hash. Those at 0 are also in
+        # ``_idle``, least recently freed first: the order of eviction.
+        self._refs: dict[int, int] = {}
+        self._idle: OrderedDict[int, None] = OrderedDict()
+        # Prompt tokens looked up in the cache and found there, on first admissions
+        # (vLLM's prefix_cache_queries and prefix_cache_hits).
+        self.num_prefix_queries = 0
+        self.num_prefix_hits = 0
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
         self._seqs: dict[str, _Seq] = {}
@@ -158,6 +189,11 @@ class EngineCore:
         """Fraction of KV blocks in use, 0..1 (vLLM's ``kv_cache_usage_perc``)."""
         return 1.0 - self.num_free_blocks / self.num_blocks
 
+    @property
+    def num_cached_blocks(self) -> int:
+        """Blocks registered in the prefix cache, referenced or not."""
+        return len(self._refs)
+
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._seqs
 
@@ -172,10 +208,13 @@ class EngineCore:
         needed = -(-(req.num_prompt_tokens + req.num_output_tokens) // self.limits.block_size)
         if needed > self.num_blocks:
             raise ValueError(f"request needs {needed} KV blocks, the replica has {self.num_blocks}")
+        hashes = req.block_hashes
+        if len(hashes) > req.num_prompt_tokens // self.limits.block_size:
+            raise ValueError("more block hashes than full blocks in the prompt")
         self._run_until(now)
         if not self._seqs:
             self._time = now
-        seq = _Seq(req, num_tokens=req.num_prompt_tokens)
+        seq = _Seq(req, req.num_prompt_tokens, hashes=hashes if self._caching else ())
         self._seqs[req.request_id] = seq
         self._waiting.append(seq)
 
@@ -199,6 +238,18 @@ class EngineCore:
             return None
         assert self._step is not None
         return self._step.end
+
+    def next_change_time(self) -> float | None:
+        """When the batch next changes if nothing is added: the end of the step in
+        flight, or of the whole decode run it starts (until a request finishes or the
+        KV cache fills), or None when idle. A driver that needs no per-token events
+        (the twin) wakes only then; ``advance`` crosses the run in one jump."""
+        if self._step is None and not self._plan():
+            return None
+        step = self._step
+        assert step is not None
+        run = self._steady_run(step, math.inf)
+        return step.end if run is None else run[1]
 
     def advance(self, until: float) -> list[Event]:
         """Complete every step that ends at or before ``until``; return what happened."""
@@ -266,13 +317,8 @@ class EngineCore:
         budget = self.limits.max_num_batched_tokens - num_decodes
         if budget <= 0:
             return False
-        head = self._waiting[0]
-        remaining = head.num_tokens - head.num_computed
-        if not self.limits.enable_chunked_prefill and remaining > budget:
-            return False
-        n = min(remaining, budget) if self.limits.enable_chunked_prefill else remaining
-        needed = -(-(head.num_computed + n) // self.limits.block_size) - head.num_blocks
-        return needed <= self.num_free_blocks
+        # Its cached prefix can only shrink too (evictions), which only raises its need.
+        return self._fit(self._waiting[0], budget, alone=False) is not None
 
     def _kv_steps(self, chunks: list[tuple[_Seq, int]], most: int) -> int:
         """The most steps (<= ``most``) whose KV blocks can all be allocated."""
@@ -301,6 +347,9 @@ class EngineCore:
             seq.num_output += k
             allocated = self._allocate(seq, seq.num_computed)
             assert allocated, "the run was sized to the free KV blocks"
+        # Finishes free blocks only after every allocation, as in the run's last step:
+        # what an allocation evicts from the prefix cache must not depend on the driver.
+        for seq, _ in step.chunks:
             rid = seq.req.request_id
             if self.every_token:
                 self._outbox.append(Produced(rid, k, end))
@@ -329,6 +378,8 @@ class EngineCore:
                 if victim is seq:
                     break
             else:
+                if seq.hashes:
+                    self._register(seq, seq.num_computed + n)
                 chunks.append((seq, n))
                 budget -= n
                 i += 1
@@ -340,22 +391,28 @@ class EngineCore:
             and len(self._running) < self.limits.max_num_seqs
         ):
             seq = self._waiting[0]
-            remaining = seq.num_tokens - seq.num_computed
-            # Without chunked prefill a prompt goes in whole; one larger than the budget
-            # still runs, alone, rather than waiting forever.
-            if not self.limits.enable_chunked_prefill and remaining > budget and chunks:
+            fit = self._fit(seq, budget, alone=not chunks)
+            if fit is None:
                 break
-            n = remaining if not self.limits.enable_chunked_prefill else min(remaining, budget)
-            if not self._allocate(seq, seq.num_computed + n):
-                break
+            num_cached, n = fit
+            if num_cached:
+                self._reuse(seq, num_cached)
+            allocated = self._allocate(seq, seq.num_computed + n)
+            assert allocated, "_fit counted the blocks"
+            if seq.hashes:
+                self._register(seq, seq.num_computed + n)
+            if self._caching and not seq.preempted:
+                self.num_prefix_queries += seq.num_tokens
+                self.num_prefix_hits += seq.num_computed
             self._waiting.popleft()
             self._running.append(seq)
-            self._outbox.append(Admitted(seq.req.request_id, self._time))
+            self._outbox.append(Admitted(seq.req.request_id, self._time, seq.num_computed))
             chunks.append((seq, n))
             budget -= n
         if not chunks:
             # Everything waits on blocks that no running request will free: cannot happen
-            # because add_request rejects requests larger than the whole cache.
+            # because add_request rejects requests larger than the whole cache (and cached
+            # blocks nobody references count as free).
             raise AssertionError("scheduler made no progress")
         self._step = _Step(self._time, self._time + self.perf.step_time(_shape(chunks)), chunks)
         return True
@@ -376,25 +433,120 @@ class EngineCore:
                 del self._seqs[rid]
                 self._free(seq)
                 self._outbox.append(Finished(rid, t, seq.num_output))
-        assert 0 <= self.num_free_blocks <= self.num_blocks
+        assert len(self._idle) <= self.num_free_blocks <= self.num_blocks
+
+    def _fit(self, seq: _Seq, budget: int, *, alone: bool) -> tuple[int, int] | None:
+        """(cached blocks it reuses, tokens it computes) if the waiting ``seq`` can join
+        a step with ``budget`` tokens left (``alone``: nothing else in it); else None.
+        Changes nothing."""
+        num_cached = num_idle = 0
+        if seq.hashes:
+            num_cached, num_idle = self._lookup(seq)
+        bs = self.limits.block_size
+        computed = num_cached * bs
+        remaining = seq.num_tokens - computed
+        if self.limits.enable_chunked_prefill:
+            n = min(remaining, budget)
+        elif remaining > budget and not alone:
+            # Without chunked prefill a prompt goes in whole; one larger than the budget
+            # still runs, alone, rather than waiting forever.
+            return None
+        else:
+            n = remaining
+        # Reusing a cached block nobody references takes it off the free list.
+        needed = -(-(computed + n) // bs) - num_cached + num_idle
+        return (num_cached, n) if needed <= self.num_free_blocks else None
+
+    def _lookup(self, seq: _Seq) -> tuple[int, int]:
+        """(leading blocks of ``seq`` found in the prefix cache, how many of those nobody
+        references). The last prompt token is always recomputed, so that a fully cached
+        prompt still has a token to sample from (vLLM does the same)."""
+        refs = self._refs
+        hashes = seq.hashes
+        limit = min(len(hashes), (seq.num_tokens - 1) // self.limits.block_size)
+        num_cached = num_idle = 0
+        while num_cached < limit:
+            ref = refs.get(hashes[num_cached])
+            if ref is None:
+                break
+            num_cached += 1
+            num_idle += ref == 0
+        return num_cached, num_idle
+
+    def _reuse(self, seq: _Seq, num_cached: int) -> None:
+        """Start ``seq`` with its first ``num_cached`` blocks taken from the cache."""
+        refs, idle = self._refs, self._idle
+        for h in seq.hashes[:num_cached]:
+            ref = refs[h]
+            if ref == 0:
+                del idle[h]
+                self.num_free_blocks -= 1
+            refs[h] = ref + 1
+        seq.shared = list(seq.hashes[:num_cached])
+        seq.num_blocks = seq.num_hashed = num_cached
+        seq.num_computed = num_cached * self.limits.block_size
+
+    def _register(self, seq: _Seq, num_tokens: int) -> None:
+        """Enter the full prompt blocks among the first ``num_tokens`` of ``seq`` in the
+        cache as they are scheduled (vLLM does it then: a later step can reuse them)."""
+        refs = self._refs
+        end = min(num_tokens // self.limits.block_size, len(seq.hashes))
+        for h in seq.hashes[seq.num_hashed : end]:
+            if h not in refs:
+                refs[h] = 1
+                seq.shared.append(h)
+            # else another request computed the same block: this copy stays private.
+        seq.num_hashed = max(seq.num_hashed, end)
+        if seq.num_hashed == len(seq.hashes):
+            seq.hashes = ()  # the whole prompt is in; a preemption brings them back
 
     def _allocate(self, seq: _Seq, num_tokens: int) -> bool:
         needed = -(-num_tokens // self.limits.block_size) - seq.num_blocks
         if needed > self.num_free_blocks:
             return False
         if needed > 0:
+            if self._idle:  # cached blocks are given up only when no empty ones are left
+                evict = needed - (self.num_free_blocks - len(self._idle))
+                if evict > 0:
+                    self._evict(evict)
             seq.num_blocks += needed
             self.num_free_blocks -= needed
         return True
 
+    def _evict(self, num_blocks: int) -> None:
+        idle, refs = self._idle, self._refs
+        for _ in range(num_blocks):
+            h, _ = idle.popitem(last=False)
+            del refs[h]
+
     def _free(self, seq: _Seq) -> None:
-        self.num_free_blocks += seq.num_blocks
+        shared = seq.shared
+        if shared:
+            # Back newest first, so a prompt's tail is evicted before its head, which
+            # more requests share (vLLM frees a request's blocks in reverse too).
+            refs, idle = self._refs, self._idle
+            released = 0
+            for h in reversed(shared):
+                ref = refs[h] - 1
+                refs[h] = ref
+                if ref == 0:
+                    idle[h] = None
+                    released += 1
+            self.num_free_blocks += seq.num_blocks - len(shared) + released
+            seq.shared = []
+        else:
+            self.num_free_blocks += seq.num_blocks
         seq.num_blocks = 0
+        seq.num_hashed = 0
 
     def _preempt(self, seq: _Seq) -> None:
-        # Recompute preemption: the KV is dropped and prompt + output so far is prefilled again.
+        # Recompute preemption: the KV is dropped and prompt + output so far is prefilled
+        # again, less what the prefix cache still holds when it is readmitted.
         self._free(seq)
         seq.num_computed = 0
+        seq.preempted = True
+        if self._caching:
+            seq.hashes = seq.req.block_hashes
         self._waiting.appendleft(seq)
         self._outbox.append(Preempted(seq.req.request_id, self._time))
 

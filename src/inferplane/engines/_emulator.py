@@ -7,20 +7,29 @@ the :class:`EngineCore` says the modelled GPU would have produced them.
 vLLM extensions honoured: ``ignore_eos`` (generate exactly ``max_tokens``).
 Without it the natural length of an answer is a deterministic function of
 the prompt (``natural_output_tokens``), capped by ``max_tokens``.
+
+Automatic prefix caching: the prompt is cut into tokens by the counting rule of
+``perf/_tokens.py`` and every full KV block gets a chained hash of its text
+(``prompt_block_hashes``), so requests sharing a prompt prefix (a system prompt,
+an earlier conversation) share cached blocks in the engine, as in vLLM. Answers
+report the hit as ``usage.prompt_tokens_details.cached_tokens``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import math
 import random
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import accumulate
+from typing import Any, cast
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
@@ -32,17 +41,25 @@ from inferplane.engines._core import EngineCore, EngineLimits, EngineRequest
 from inferplane.engines._live import LiveEngine, Stream
 from inferplane.engines._metrics import EngineMetrics
 from inferplane.perf import (
+    CHARS_PER_TOKEN,
+    NON_TEXT_PART_TOKENS,
     PerfModel,
     count_chat_tokens,
     count_text_tokens,
     filler_text,
     get_gpu,
     get_model,
+    text_pieces,
     text_seed,
 )
 from inferplane.wire import DONE, SSE_HEADERS, OpenAIError, sse_data
 
-__all__ = ["EmulatorSettings", "create_emulator_app", "natural_output_tokens"]
+__all__ = [
+    "EmulatorSettings",
+    "create_emulator_app",
+    "natural_output_tokens",
+    "prompt_block_hashes",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,114 @@ def natural_output_tokens(seed: int) -> int:
     return 16 + seed % 512
 
 
+# Stand-ins for the tokens count_chat_tokens adds, CHARS_PER_TOKEN bytes per token:
+# 3 opening each message, 1 for a name, 3 priming the reply.
+_MESSAGE_MARK = b"<|start|>msg"
+_NAME_MARK = b"<nm>"
+_REPLY_MARK = b"<|assistant|"
+
+
+class _Pieces:
+    """A prompt as byte pieces that each count ``ceil(len / CHARS_PER_TOKEN)`` tokens:
+    the rule of ``perf/_tokens.py``, so the tokens here are the tokens counted."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.sizes: list[int] = []
+
+    def text(self, text: str) -> None:
+        pieces = text_pieces(text)
+        if text.isascii():
+            self.data.append("".join(pieces).encode("ascii"))
+            self.sizes += map(len, pieces)
+        else:
+            encoded = [piece.encode("utf-8", "surrogatepass") for piece in pieces]
+            self.data += encoded
+            self.sizes += map(len, encoded)
+
+    def special(self, data: bytes, num_tokens: int) -> None:
+        """``num_tokens`` tokens that are not text, told apart by ``data``."""
+        assert len(data) <= num_tokens * CHARS_PER_TOKEN
+        self.data.append(data.ljust(num_tokens * CHARS_PER_TOKEN, b"\0"))
+        self.sizes.append(num_tokens * CHARS_PER_TOKEN)
+
+    def value(self, value: object) -> None:
+        # As perf/_tokens.py counts: strings, and the strings inside containers.
+        if isinstance(value, str):
+            self.text(value)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                self.value(item)
+        elif isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+            for item in value:
+                self.value(item)
+
+    def content(self, content: object) -> None:
+        if not isinstance(content, Sequence) or isinstance(content, str):
+            self.value(content)
+            return
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") not in (None, "text"):
+                digest = hashlib.blake2b(orjson.dumps(part), digest_size=16).digest()
+                self.special(digest, NON_TEXT_PART_TOKENS)
+            elif isinstance(part, Mapping):
+                self.value(part.get("text", ""))
+            else:
+                self.value(part)
+
+    def block_hashes(self, block_size: int, limit: int) -> tuple[int, ...]:
+        """Chained hashes of the first ``limit`` full blocks: block j's is BLAKE2b of
+        block j - 1's and of block j's bytes, so it stands for the whole prefix."""
+        if not self.sizes:
+            return ()
+        data = b"".join(self.data)
+        token_ends = list(
+            accumulate((size + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN for size in self.sizes)
+        )
+        byte_starts = [0, *accumulate(self.sizes)]
+        hashes: list[int] = []
+        previous, begin = b"", 0
+        for j in range(1, min(limit, token_ends[-1] // block_size) + 1):
+            boundary = j * block_size  # tokens before the end of block j
+            i = bisect_left(token_ends, boundary)  # the piece holding that last token
+            inside = boundary - (token_ends[i - 1] if i else 0)
+            end = byte_starts[i] + min(self.sizes[i], inside * CHARS_PER_TOKEN)
+            digest = hashlib.blake2b(previous, digest_size=8)
+            digest.update(data[begin:end])
+            previous, begin = digest.digest(), end
+            hashes.append(int.from_bytes(previous, "big"))
+        return tuple(hashes)
+
+
+def prompt_block_hashes(
+    prompt: str | Sequence[object], block_size: int, num_prompt_tokens: int
+) -> tuple[int, ...]:
+    """The hash chain of a prompt's full KV blocks, for the engine's prefix cache.
+
+    ``prompt`` is a completion prompt (text or token ids) or chat messages, rendered in
+    order as ``count_chat_tokens`` counts them, so a shared system prompt is a shared
+    prefix. Deterministic across processes (BLAKE2b, not the salted ``hash``); at most
+    ``num_prompt_tokens // block_size`` hashes."""
+    pieces = _Pieces()
+    if isinstance(prompt, str):
+        pieces.text(prompt)
+    elif all(isinstance(token, int) for token in prompt):
+        for token in cast("Sequence[int]", prompt):
+            pieces.special((token & 0xFFFFFFFF).to_bytes(4, "big"), 1)
+    else:
+        for message in cast("Sequence[Mapping[str, object]]", prompt):
+            pieces.special(_MESSAGE_MARK, 3)
+            for key, value in message.items():
+                if key == "content":
+                    pieces.content(value)
+                else:
+                    pieces.value(value)
+                if key == "name":
+                    pieces.special(_NAME_MARK, 1)
+        pieces.special(_REPLY_MARK, 3)
+    return pieces.block_hashes(block_size, num_prompt_tokens // block_size)
+
+
 class _Emulator:
     def __init__(self, settings: EmulatorSettings) -> None:
         spec = get_model(settings.model)
@@ -76,6 +201,7 @@ class _Emulator:
         self.name = settings.served_model_name or spec.name
         self.aliases = {self.name, spec.name, spec.hf_id}
         core = EngineCore(self.perf, settings.limits)
+        self.limits = settings.limits
         self.metrics = EngineMetrics(core, self.name)
         self.engine = LiveEngine(core, settings.time_scale, observer=self)
         self.error_rate = settings.error_rate
@@ -140,10 +266,19 @@ class _Emulator:
             return max_tokens, "length"
         return natural, "stop"
 
-    def _submit(self, num_prompt_tokens: int, num_output_tokens: int) -> Stream:
+    def _block_hashes(self, prompt: str | list[Any], num_prompt_tokens: int) -> tuple[int, ...]:
+        block_size = self.limits.block_size
+        if not self.limits.enable_prefix_caching or num_prompt_tokens < block_size:
+            return ()  # no cache to look up, or not one full block to find there
+        return prompt_block_hashes(prompt, block_size, num_prompt_tokens)
+
+    def _submit(
+        self, num_prompt_tokens: int, num_output_tokens: int, block_hashes: tuple[int, ...] = ()
+    ) -> Stream:
         rid = uuid.uuid4().hex
+        request = EngineRequest(rid, num_prompt_tokens, num_output_tokens, block_hashes)
         try:
-            stream = self.engine.submit(EngineRequest(rid, num_prompt_tokens, num_output_tokens))
+            stream = self.engine.submit(request)
         except ValueError as exc:  # larger than the whole KV cache
             raise OpenAIError(400, str(exc), "context_length_exceeded") from exc
         self.metrics.prompt_tokens.inc(num_prompt_tokens)
@@ -175,6 +310,7 @@ class _Emulator:
                 )
             num_prompt = count_chat_tokens(messages)
             seed = text_seed(orjson.dumps(messages).decode())
+            hashes = self._block_hashes(messages, num_prompt)
         else:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1:
@@ -190,8 +326,9 @@ class _Emulator:
                     "invalid_value",
                     param="prompt",
                 )
+            hashes = self._block_hashes(prompt, num_prompt)
         num_output, finish = self._plan(body, num_prompt, seed)
-        stream = self._submit(max(num_prompt, 1), num_output)
+        stream = self._submit(max(num_prompt, 1), num_output, hashes)
         reply = _Reply(self.name, chat, num_prompt, seed)
         if body.get("stream"):
             options = body.get("stream_options") or {}
@@ -213,6 +350,7 @@ class _Emulator:
         if not generating.done() or generating.cancelled():
             return Response(status_code=499)  # nobody is there to read it
         self.metrics.success(finish)
+        reply.num_cached = stream.num_cached_tokens
         return Response(orjson.dumps(reply.whole(finish)), media_type="application/json")
 
     async def _stream(
@@ -224,6 +362,7 @@ class _Emulator:
             while (n := await stream.queue.get()) is not None:
                 yield sse_data(reply.delta(n, None))
             yield sse_data(reply.delta(0, finish))
+            reply.num_cached = stream.num_cached_tokens
             if include_usage:
                 yield sse_data(reply.usage_chunk())
             yield DONE
@@ -320,7 +459,7 @@ def _unit_vector(seed: int, dim: int) -> list[float]:
 class _Reply:
     """Builds the response objects of one request; text is filler seeded by the prompt."""
 
-    __slots__ = ("chat", "created", "id", "model", "num_output", "num_prompt", "seed")
+    __slots__ = ("chat", "created", "id", "model", "num_cached", "num_output", "num_prompt", "seed")
 
     def __init__(self, model: str, chat: bool, num_prompt: int, seed: int) -> None:
         self.model = model
@@ -328,6 +467,7 @@ class _Reply:
         self.num_prompt = num_prompt
         self.seed = seed
         self.num_output = 0
+        self.num_cached = 0  # prompt tokens found in the prefix cache
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -356,11 +496,12 @@ class _Reply:
         self.num_output += num_tokens
         return self.chunk({"content": text} if num_tokens else {}, finish)
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.num_prompt,
             "completion_tokens": self.num_output,
             "total_tokens": self.num_prompt + self.num_output,
+            "prompt_tokens_details": {"cached_tokens": self.num_cached},
         }
 
     def usage_chunk(self) -> dict[str, Any]:

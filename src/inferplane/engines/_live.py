@@ -27,6 +27,7 @@ class Stream:
     arrival: float  # engine time
     queue: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
     admitted_time: float | None = None  # first admission (preemption re-admits)
+    num_cached_tokens: int = 0  # prompt tokens the prefix cache held at first admission
     last_token_time: float | None = None
 
 
@@ -117,6 +118,7 @@ class LiveEngine:
             elif isinstance(event, Admitted):
                 if stream.admitted_time is None:
                     stream.admitted_time = event.time
+                    stream.num_cached_tokens = event.num_cached_tokens
                     if observer is not None:
                         observer.admitted(stream, event.time)
             elif isinstance(event, Finished):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from inferplane.engines._core import EngineCore
@@ -28,13 +28,13 @@ _E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 
 
 
 class _SchedulerState(Collector):
-    """Gauges read from the core at scrape time, so they are never stale."""
+    """Gauges and counters read from the core at scrape time, so they are never stale."""
 
     def __init__(self, core: EngineCore, model_name: str) -> None:
         self._core = core
         self._labels = [model_name]
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         for name, doc, value in (
             (
                 "vllm:num_requests_running",
@@ -55,6 +55,22 @@ class _SchedulerState(Collector):
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
             family.add_metric(self._labels, float(value))
             yield family
+        # vLLM v1 counts both in tokens, over new requests (not readmissions).
+        for name, doc, value in (
+            (
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                self._core.num_prefix_queries,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                self._core.num_prefix_hits,
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=["model_name"])
+            counter.add_metric(self._labels, float(value))
+            yield counter
 
 
 class EngineMetrics:

@@ -37,6 +37,7 @@ from inferplane.perf._tokens import (
     count_chat_tokens,
     count_text_tokens,
     filler_text,
+    text_pieces,
     text_seed,
 )
 
@@ -66,5 +67,6 @@ __all__ = [
     "get_gpu",
     "get_model",
     "get_storage",
+    "text_pieces",
     "text_seed",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "count_chat_tokens",
     "count_text_tokens",
     "filler_text",
+    "text_pieces",
     "text_seed",
 ]
 
@@ -60,6 +61,11 @@ _TOKENS_PER_NAME = 1
 _TOKENS_REPLY_PRIMING = 3
 
 
+def text_pieces(text: str) -> list[str]:
+    """``text`` cut as the rule cuts it; each piece counts ``ceil(utf8_bytes / 4)``."""
+    return _PIECE.findall(text)
+
+
 def count_text_tokens(text: str) -> int:
     """Tokens of ``text`` under the module's rule; 0 for the empty string.
 
@@ -68,7 +74,7 @@ def count_text_tokens(text: str) -> int:
     """
     if not text:
         return 0
-    pieces = _PIECE.findall(text)
+    pieces = text_pieces(text)
     if text.isascii():  # fast path: bytes == characters
         return sum((len(piece) + _ROUND_UP) // CHARS_PER_TOKEN for piece in pieces)
     return sum(
