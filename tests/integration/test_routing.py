@@ -22,9 +22,14 @@ def test_prefix_and_session_affinity_keep_related_requests_on_one_replica(
                 {"role": "user", "content": question},
             ]
             c.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
-    rows = ledger_rows(by_prefix, expected=9)
-    homes = [{r["backend"] for r in rows[i : i + 3]} for i in (0, 3, 6)]
+    # Completions given as token ids (what the twin's replays send) are keyed alike.
+    for shared in (11, 22, 33):
+        for i in range(3):
+            c.completions.create(model=MODEL, prompt=[shared] * 200 + [i], max_tokens=2)
+    rows = ledger_rows(by_prefix, expected=18)
+    homes = [{r["backend"] for r in rows[i : i + 3]} for i in range(0, 18, 3)]
     assert all(len(h) == 1 for h in homes)  # each prefix stayed on one replica
+    assert len(set().union(*homes)) > 1  # and prefixes did not all land on one
 
     by_session = start_gateway(replicas, model="routing: session_affinity")
     c = client(by_session.url)

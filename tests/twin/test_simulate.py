@@ -207,3 +207,17 @@ def test_a_failing_replica_loses_only_requests_that_had_started_streaming(tmp_pa
     assert total["failed"] == len(failed)
     assert total["completed"] + total["failed"] + sum(total["rejected"].values()) == len(rows)
     assert len(rows) == summary["requests"]
+
+
+def test_prefix_affinity_finds_cached_prefixes_that_least_loaded_spreads_thin() -> None:
+    def mean_ttft(routing: str) -> float:
+        group = {"gpu": "H100", "count": 3, "kv_capacity_tokens": 24_576}
+        models = {"m": {"catalogue": "llama-3.1-8b", "routing": routing, "replicas": [group]}}
+        shared = {"prefix": {"groups": 16, "tokens": 2000, "zipf": 0}}
+        summary = Simulation(
+            scenario([stream(30, prompt=24, output=16, **shared)], 60, models=models)
+        ).run()
+        return float(summary["total"]["ttft_s"]["mean"])
+
+    least, affinity = mean_ttft("least_loaded"), mean_ttft("prefix_affinity")
+    assert affinity < 0.8 * least

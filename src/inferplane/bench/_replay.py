@@ -42,7 +42,7 @@ async def replay(
 ) -> list[Replayed]:
     """Send every arrival at its time; ``keys`` maps tenants to their API keys."""
     http = Http1Upstream(connect_timeout_s=5, read_timeout_s=600, max_connections_per_host=4096)
-    tasks = []
+    tasks: list[asyncio.Task[Replayed]] = []
     start = time.perf_counter()
     try:
         for arrival in arrivals:

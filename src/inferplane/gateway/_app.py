@@ -391,6 +391,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 # How much of a prompt identifies its prefix.
 _PREFIX_CHARS = 2048
 _PLAIN_PREFIX_CHARS = 512
+_PLAIN_PREFIX_TOKENS = _PLAIN_PREFIX_CHARS // 4
 
 
 def _affinity_key(mode: RoutingMode, body: dict[str, Any], headers: Mapping[str, str]) -> str:
@@ -404,6 +405,8 @@ def _affinity_key(mode: RoutingMode, body: dict[str, Any], headers: Mapping[str,
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         return prompt[:_PLAIN_PREFIX_CHARS]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        return ",".join(map(str, prompt[:_PLAIN_PREFIX_TOKENS]))  # token ids
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return ""

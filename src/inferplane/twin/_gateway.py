@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from inferplane.engines import EngineRequest, Finished, Produced
 from inferplane.engines._core import Event
 from inferplane.perf import PerfModel, get_gpu, get_model
-from inferplane.policy import Dispatcher, Health, LatencyTracker, QueueItem, Router
+from inferplane.policy import (
+    Dispatcher,
+    Health,
+    LatencyTracker,
+    QueueItem,
+    Router,
+    RoutingMode,
+    stable_hash,
+)
 from inferplane.twin._loop import EventLoop
 from inferplane.twin._replica import ReplicaState, SimReplica
 from inferplane.twin._scenario import Scenario, SimModel
@@ -25,6 +33,7 @@ from inferplane.twin._workload import Arrival
 __all__ = ["SimGateway", "SimRequest"]
 
 _PAST_DUE = 1e-6
+_AFFINITY = (RoutingMode.PREFIX_AFFINITY, RoutingMode.SESSION_AFFINITY)
 
 
 @dataclass(slots=True, eq=False)
@@ -108,6 +117,7 @@ class SimGateway:
         self.replicas: list[SimReplica] = []
         self.routes: dict[str, SimRoute] = {}
         self.in_engine: dict[str, SimRequest] = {}
+        self._chains: dict[str, tuple[int, ...]] = {}  # prefix key -> its block hashes
         for name, spec in scenario.models.items():
             model = get_model(spec.catalogue or name)
             members: list[SimReplica] = []
@@ -151,7 +161,11 @@ class SimGateway:
         self._pump(route, now)
 
     def _choose(self, route: SimRoute, request: SimRequest, now: float) -> int | None:
-        key = request.arrival.prefix_key or request.id
+        # As the live gateway keys it: the shared prompt prefix in prefix_affinity mode
+        # (the twin's sessions are its prefixes), else the request's own id.
+        key = request.id
+        if route.router.mode in _AFFINITY and request.arrival.prefix_key:
+            key = request.arrival.prefix_key
         return route.router.choose(now, route.unusable, key, request.tokens)
 
     def _start(self, route: SimRoute, request: SimRequest, index: int, now: float) -> None:
@@ -160,7 +174,20 @@ class SimGateway:
         route.router.sent(index, request.tokens)
         self.in_engine[request.id] = request
         a = request.arrival
-        replica.add(EngineRequest(request.id, a.prompt_tokens, a.output_tokens), now)
+        hashes = self._prefix_hashes(a, replica.limits.block_size) if a.prefix_key else ()
+        replica.add(EngineRequest(request.id, a.prompt_tokens, a.output_tokens, hashes), now)
+
+    def _prefix_hashes(self, a: Arrival, block_size: int) -> tuple[int, ...]:
+        """The hash chain of the shared prefix's full blocks, the same for every request
+        with its key (what the engine's prefix cache matches on); the rest of a prompt
+        is its own and gets none (it could never be found in the cache)."""
+        assert a.prefix_key is not None
+        shared = min(a.prefix_tokens, a.prompt_tokens - 1) // block_size
+        chain = self._chains.get(a.prefix_key, ())
+        if len(chain) < shared:
+            chain = tuple(stable_hash(f"{a.prefix_key}/{i}") for i in range(shared))
+            self._chains[a.prefix_key] = chain
+        return chain[:shared]
 
     def _refuse(self, request: SimRequest, now: float, reason: str) -> None:
         """Fall back along the model's chain, or give up with ``reason``."""

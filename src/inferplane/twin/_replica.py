@@ -46,7 +46,7 @@ class SimReplica:
         self.index = index
         self.name = name
         self.price_per_hour = price_per_hour
-        self._perf, self._limits = perf, limits
+        self._perf, self.limits = perf, limits
         self.core = EngineCore(perf, limits, every_token=False)
         self.state = ReplicaState.READY
         self._billed_s = 0.0
@@ -87,7 +87,7 @@ class SimReplica:
 
     def crash(self, now: float) -> None:
         """Everything in the engine is lost; a new engine starts empty when repaired."""
-        self.core = EngineCore(self._perf, self._limits, every_token=False)
+        self.core = EngineCore(self._perf, self.limits, every_token=False)
         self._version += 1  # the old core's wake-up is void
         self._wake_at = None
         self._after(now)
