@@ -58,6 +58,9 @@ def check_blocks(engine: EngineCore) -> None:
     """Every block is private to one request, shared through the cache, or free; a
     referenced block is never on the free list; references match their holders."""
     live = list(engine._seqs.values())
+    for seq in live:
+        if seq.decoding:
+            engine._decode.sync(seq)  # decode-set members keep their counts lazily
     holders: dict[int, int] = {}
     for seq in live:
         for h in seq.shared:

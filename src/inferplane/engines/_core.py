@@ -22,6 +22,7 @@ allocation needs the room. A request without hashes costs no cache work.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
@@ -123,13 +124,109 @@ class _Seq:
     num_hashed: int = 0  # leading blocks already taken from or entered in the cache
     shared: list[int] = field(default_factory=list)  # hashes of cached blocks it references
     preempted: bool = False
+    order: int = 0  # when it was (re)admitted: its place in the running batch
+    # In the decode set: the counts above are as of decode step ``since``; the set's
+    # counter says how many steps it has taken since (see ``_DecodeSet``).
+    decoding: bool = False
+    since: int = 0
+    done_at: int = 0  # the decode step after which it has all its tokens
 
 
 @dataclass(slots=True)
 class _Step:
     start: float
     end: float
-    chunks: list[tuple[_Seq, int]] = field(default_factory=list)  # (sequence, tokens computed)
+    # (sequence, tokens computed) of the sequences run one by one: prompt chunks, or,
+    # in a step planned one by one, every sequence.
+    chunks: list[tuple[_Seq, int]] = field(default_factory=list)
+    decodes: int = 0  # sequences of the decode set in this step (one token each)
+
+
+class _DecodeSet:
+    """The running sequences that decode, kept as sums so a step costs O(1), not O(batch).
+
+    Each step every member computes one token, so member i has computed ``c_i + g``
+    tokens after ``g`` steps of the set: the batch's KV read is ``sum(c_i) + n * g``,
+    and member i needs a new KV block in the step where ``c_i + g`` is a multiple of
+    the block size, so the blocks a step needs are the members whose ``c_i`` falls in
+    one residue class. Finishes come off a heap keyed by the step they happen in.
+    """
+
+    __slots__ = ("base_sum", "block_size", "finishes", "planned", "residues", "seqs", "steps")
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.steps = 0  # g: steps the set has taken
+        self.seqs: dict[_Seq, None] = {}
+        self.base_sum = 0  # sum over members of (computed at joining - steps at joining)
+        self.residues = [0] * block_size  # members by (that difference) mod block size
+        self.finishes: list[tuple[int, int, _Seq]] = []  # (done_at, order, seq)
+        # A step of the set is planned: its blocks are taken, its token not computed yet.
+        self.planned = False
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def join(self, seq: _Seq) -> None:
+        base = seq.num_computed - self.steps
+        seq.decoding, seq.since = True, self.steps
+        seq.done_at = self.steps + seq.req.num_output_tokens - seq.num_output
+        self.seqs[seq] = None
+        self.base_sum += base
+        self.residues[base % self.block_size] += 1
+        heapq.heappush(self.finishes, (seq.done_at, seq.order, seq))
+
+    def leave(self, seq: _Seq) -> None:
+        """Take ``seq`` out with its counts brought up to date (its heap entry goes stale)."""
+        self.sync(seq)
+        base = seq.num_computed - self.steps
+        del self.seqs[seq]
+        seq.decoding = False
+        self.base_sum -= base
+        self.residues[base % self.block_size] -= 1
+
+    def sync(self, seq: _Seq) -> None:
+        """Bring a member's counts to the set's current step."""
+        d = self.steps - seq.since
+        if d:
+            seq.num_computed += d
+            seq.num_tokens += d
+            seq.num_output += d
+            seq.since = self.steps
+        seq.num_blocks = -(-(seq.num_computed + self.planned) // self.block_size)
+
+    def context(self, ahead: int = 0) -> int:
+        """KV tokens the decode tokens of step ``steps + ahead`` attend to."""
+        return self.base_sum + len(self.seqs) * (self.steps + ahead + 1)
+
+    def blocks_needed(self, ahead: int = 0) -> int:
+        """New KV blocks the members need in step ``steps + ahead``."""
+        return self.residues[-(self.steps + ahead) % self.block_size]
+
+    def blocks_over(self, first: int, last: int) -> int:
+        """New KV blocks over steps ``steps + first`` .. ``steps + last - 1``."""
+        bs = self.block_size
+        cycles, rest = divmod(last - first, bs)
+        total = cycles * len(self.seqs)
+        for j in range(first, first + rest):
+            total += self.residues[-(self.steps + j) % bs]
+        return total
+
+    def first_done(self) -> int | None:
+        """The step after which the next member has all its tokens."""
+        heap = self.finishes
+        while heap and not (heap[0][2].decoding and heap[0][2].done_at == heap[0][0]):
+            heapq.heappop(heap)  # stale: it left the set since
+        return heap[0][0] if heap else None
+
+    def pop_done(self) -> list[_Seq]:
+        """Members that have all their tokens, in batch order; they leave the set."""
+        done = []
+        while (at := self.first_done()) is not None and at <= self.steps:
+            done.append(heapq.heappop(self.finishes)[2])
+        for seq in done:
+            self.leave(seq)
+        return done
 
 
 class EngineCore:
@@ -168,7 +265,13 @@ class EngineCore:
         self.num_prefix_queries = 0
         self.num_prefix_hits = 0
         self._waiting: deque[_Seq] = deque()
-        self._running: list[_Seq] = []
+        # Admitted, in admission order (the order vLLM schedules them, and preempts the
+        # last); each is either in the decode set or prefilling (its prompt, or after a
+        # preemption its tokens so far, not all computed yet).
+        self._running: dict[_Seq, None] = {}
+        self._decode = _DecodeSet(self.limits.block_size)
+        self._prefilling: dict[_Seq, None] = {}
+        self._admissions = 0
         self._seqs: dict[str, _Seq] = {}
         self._step: _Step | None = None  # the step in flight, batch pinned at its start
         self._time = 0.0  # start of the next step when busy
@@ -224,12 +327,12 @@ class EngineCore:
         seq = self._seqs.pop(request_id, None)
         if seq is None:
             return
-        if seq in self._waiting:
-            self._waiting.remove(seq)
+        if seq in self._running:
+            self._retire(seq)
         else:
-            self._running.remove(seq)
-        self._free(seq)
-        if self._step is not None:
+            self._waiting.remove(seq)
+            self._free(seq)
+        if self._step is not None:  # a decode-set member's token is simply not counted
             self._step.chunks = [(s, n) for s, n in self._step.chunks if s is not seq]
 
     def next_event_time(self) -> float | None:
@@ -286,19 +389,17 @@ class EngineCore:
     def _steady_run(self, step: _Step, until: float) -> tuple[int, float] | None:
         """(k, end) when ``step`` and the next k - 1 steps form one unchanged decode
         batch ending at or before ``until``, with k >= 2; None otherwise."""
-        chunks = step.chunks
-        if len(chunks) != len(self._running) or len(chunks) == 0:
+        decode = self._decode
+        if step.chunks or self._prefilling or not decode.seqs:
+            return None  # prompt chunks in it, or one by one (a preemption was near)
+        if self._admissible_head(len(decode)):
             return None
-        for seq, n in chunks:
-            if n != 1 or seq.num_output == 0:
-                return None
-        if self._admissible_head(len(chunks)):
-            return None
-        bound = min(seq.req.num_output_tokens - seq.num_output for seq, _ in chunks)
-        bound = min(bound, self._kv_steps(chunks, bound))
+        first_done = decode.first_done()
+        assert first_done is not None
+        bound = min(first_done - decode.steps, self._kv_steps(first_done - decode.steps))
         if bound < 2:
             return None
-        cost = _StepSeries(self.perf, chunks)
+        cost = _StepSeries(self.perf, self._decode_shape(), len(decode))
         lo, hi = 1, bound  # the most steps that end by ``until``: T is increasing in k
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -320,19 +421,14 @@ class EngineCore:
         # Its cached prefix can only shrink too (evictions), which only raises its need.
         return self._fit(self._waiting[0], budget, alone=False) is not None
 
-    def _kv_steps(self, chunks: list[tuple[_Seq, int]], most: int) -> int:
-        """The most steps (<= ``most``) whose KV blocks can all be allocated."""
-        bs = self.limits.block_size
-
-        def fits(k: int) -> bool:
-            # k steps leave sequence i with num_computed + k tokens of KV.
-            need = sum(max(0, -(-(s.num_computed + k) // bs) - s.num_blocks) for s, _ in chunks)
-            return need <= self.num_free_blocks
-
-        lo, hi = 1, most  # step 1 (the planned one) is allocated already
+    def _kv_steps(self, most: int) -> int:
+        """The most steps (<= ``most``) of the decode set whose KV blocks can all be
+        allocated; the first (planned) step has its blocks already."""
+        decode, free = self._decode, self.num_free_blocks
+        lo, hi = 1, most
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if fits(mid):
+            if decode.blocks_over(1, mid) <= free:
                 lo = mid
             else:
                 hi = mid - 1
@@ -341,23 +437,16 @@ class EngineCore:
     def _jump(self, step: _Step, k: int, end: float) -> None:
         """Apply k steps of an unchanged decode batch at once, as ``_complete`` would k
         times: each sequence gains k tokens, reported as one ``Produced`` at ``end``."""
-        for seq, _ in step.chunks:
-            seq.num_computed += k
-            seq.num_tokens += k
-            seq.num_output += k
-            allocated = self._allocate(seq, seq.num_computed)
-            assert allocated, "the run was sized to the free KV blocks"
+        decode = self._decode
         # Finishes free blocks only after every allocation, as in the run's last step:
         # what an allocation evicts from the prefix cache must not depend on the driver.
-        for seq, _ in step.chunks:
-            rid = seq.req.request_id
-            if self.every_token:
-                self._outbox.append(Produced(rid, k, end))
-            if seq.num_output >= seq.req.num_output_tokens:
-                self._running.remove(seq)
-                del self._seqs[rid]
-                self._free(seq)
-                self._outbox.append(Finished(rid, end, seq.num_output))
+        allocated = self._take_blocks(decode.blocks_over(1, k))
+        assert allocated, "the run was sized to the free KV blocks"
+        decode.steps += k
+        decode.planned = False
+        outcomes = [(seq.order, 0, seq) for seq in decode.seqs] if self.every_token else []
+        outcomes.extend((seq.order, 1, seq) for seq in decode.pop_done())
+        self._report(outcomes, k, end)
         self._time = end
 
     def _plan(self) -> bool:
@@ -365,24 +454,36 @@ class EngineCore:
         if not self._seqs:
             return False
         budget = self.limits.max_num_batched_tokens
-        chunks: list[tuple[_Seq, int]] = []
-        preempted = False
-        i = 0
-        while i < len(self._running) and budget > 0:
-            seq = self._running[i]
-            n = min(seq.num_tokens - seq.num_computed, budget)
-            while not self._allocate(seq, seq.num_computed + n):
-                victim = self._running.pop()  # the most recently admitted
-                self._preempt(victim)
-                preempted = True
-                if victim is seq:
-                    break
-            else:
+        decode = self._decode
+        # The common case, in O(prompt chunks): every running sequence gets all it asks
+        # for (one token per decode, the rest of each prompt) and the KV blocks suffice.
+        need_tokens = len(decode)
+        need_blocks = decode.blocks_needed()
+        bs = self.limits.block_size
+        prefilling = sorted(self._prefilling, key=_order)  # in batch order, as vLLM goes
+        for seq in prefilling:
+            n = seq.num_tokens - seq.num_computed
+            need_tokens += n
+            need_blocks += max(0, -(-(seq.num_computed + n) // bs) - seq.num_blocks)
+        if need_tokens <= budget and need_blocks <= self.num_free_blocks:
+            chunks = []
+            for seq in prefilling:
+                n = seq.num_tokens - seq.num_computed
+                allocated = self._allocate(seq, seq.num_computed + n)
+                assert allocated, "counted above"
                 if seq.hashes:
                     self._register(seq, seq.num_computed + n)
                 chunks.append((seq, n))
-                budget -= n
-                i += 1
+            allocated = self._take_blocks(decode.blocks_needed())
+            assert allocated, "counted above"
+            num_decodes = len(decode)
+            decode.planned = num_decodes > 0
+            budget -= need_tokens
+            preempted = False
+        else:
+            chunks, preempted = self._plan_one_by_one()
+            budget -= sum(n for _, n in chunks)
+            num_decodes = 0
         # No admissions in a step that had to preempt (vLLM does the same).
         while (
             not preempted
@@ -391,7 +492,7 @@ class EngineCore:
             and len(self._running) < self.limits.max_num_seqs
         ):
             seq = self._waiting[0]
-            fit = self._fit(seq, budget, alone=not chunks)
+            fit = self._fit(seq, budget, alone=not chunks and not num_decodes)
             if fit is None:
                 break
             num_cached, n = fit
@@ -405,35 +506,112 @@ class EngineCore:
                 self.num_prefix_queries += seq.num_tokens
                 self.num_prefix_hits += seq.num_computed
             self._waiting.popleft()
-            self._running.append(seq)
+            self._admissions += 1
+            seq.order = self._admissions
+            self._running[seq] = None
+            self._prefilling[seq] = None
             self._outbox.append(Admitted(seq.req.request_id, self._time, seq.num_computed))
             chunks.append((seq, n))
             budget -= n
-        if not chunks:
+        if not chunks and not num_decodes:
             # Everything waits on blocks that no running request will free: cannot happen
             # because add_request rejects requests larger than the whole cache (and cached
             # blocks nobody references count as free).
             raise AssertionError("scheduler made no progress")
-        self._step = _Step(self._time, self._time + self.perf.step_time(_shape(chunks)), chunks)
+        shape = _shape(chunks, self._decode_shape() if num_decodes else None)
+        end = self._time + self.perf.step_time(shape)
+        self._step = _Step(self._time, end, chunks, num_decodes)
         return True
+
+    def _plan_one_by_one(self) -> tuple[list[tuple[_Seq, int]], bool]:
+        """vLLM v1's loop over the running requests, in order, for the steps where the
+        token budget or the KV cache runs short: later requests get less or nothing, and
+        the most recently admitted are preempted until the others' blocks fit. The
+        decode set is dissolved for the step and formed again when it ends."""
+        decode = self._decode
+        for seq in list(decode.seqs):
+            decode.leave(seq)
+            self._prefilling[seq] = None
+        decode.finishes.clear()
+        budget = self.limits.max_num_batched_tokens
+        chunks: list[tuple[_Seq, int]] = []
+        preempted = False
+        running = list(self._running)
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            while not self._allocate(seq, seq.num_computed + n):
+                victim = running.pop()  # the most recently admitted
+                del self._running[victim]
+                del self._prefilling[victim]
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            else:
+                if seq.hashes:
+                    self._register(seq, seq.num_computed + n)
+                chunks.append((seq, n))
+                budget -= n
+                i += 1
+        return chunks, preempted
 
     def _complete(self, step: _Step) -> None:
         t = step.end
+        decode = self._decode
+        outcomes: list[tuple[int, int, _Seq]] = []  # (batch order, 0 produced / 1 done, seq)
+        if step.decodes:
+            decode.steps += 1
+            decode.planned = False
+            if self.every_token:
+                outcomes.extend((seq.order, 0, seq) for seq in decode.seqs)
         for seq, n in step.chunks:
             seq.num_computed += n
             if seq.num_computed < seq.num_tokens:
                 continue  # a prefill chunk that does not reach the end of the prompt
             seq.num_tokens += 1
             seq.num_output += 1
-            rid = seq.req.request_id
             if self.every_token or seq.num_output == 1:
-                self._outbox.append(Produced(rid, 1, t))
+                outcomes.append((seq.order, 0, seq))
+            del self._prefilling[seq]
             if seq.num_output >= seq.req.num_output_tokens:
-                self._running.remove(seq)
-                del self._seqs[rid]
-                self._free(seq)
-                self._outbox.append(Finished(rid, t, seq.num_output))
+                outcomes.append((seq.order, 1, seq))
+            else:
+                decode.join(seq)
+        outcomes.extend((seq.order, 1, seq) for seq in decode.pop_done())
+        self._report(outcomes, 1, t)
         assert len(self._idle) <= self.num_free_blocks <= self.num_blocks
+
+    def _report(self, outcomes: list[tuple[int, int, _Seq]], num_tokens: int, t: float) -> None:
+        """Report tokens and finishes request by request in batch order, as one loop over
+        the batch would (finishes free their blocks in that order too)."""
+        outcomes.sort(key=_by_order)
+        for _, done, seq in outcomes:
+            if done:
+                self._finish(seq, t)
+            else:
+                self._outbox.append(Produced(seq.req.request_id, num_tokens, t))
+
+    def _finish(self, seq: _Seq, t: float) -> None:
+        rid = seq.req.request_id
+        del self._running[seq]
+        del self._seqs[rid]
+        self._free(seq)
+        self._outbox.append(Finished(rid, t, seq.num_output))
+
+    def _retire(self, seq: _Seq) -> None:
+        """Take a running ``seq`` out of the batch (aborted) and free its blocks."""
+        if seq.decoding:
+            self._decode.leave(seq)
+        else:
+            del self._prefilling[seq]
+        del self._running[seq]
+        self._free(seq)
+
+    def _decode_shape(self) -> StepShape:
+        decode = self._decode
+        return StepShape(num_decode_seqs=len(decode), num_decode_context_tokens=decode.context())
 
     def _fit(self, seq: _Seq, budget: int, *, alone: bool) -> tuple[int, int] | None:
         """(cached blocks it reuses, tokens it computes) if the waiting ``seq`` can join
@@ -513,6 +691,19 @@ class EngineCore:
             self.num_free_blocks -= needed
         return True
 
+    def _take_blocks(self, needed: int) -> bool:
+        """Take ``needed`` free blocks for the decode set, evicting cached ones if no
+        empty ones are left (members' own counts follow from their tokens)."""
+        if needed > self.num_free_blocks:
+            return False
+        if needed > 0:
+            if self._idle:
+                evict = needed - (self.num_free_blocks - len(self._idle))
+                if evict > 0:
+                    self._evict(evict)
+            self.num_free_blocks -= needed
+        return True
+
     def _evict(self, num_blocks: int) -> None:
         idle, refs = self._idle, self._refs
         for _ in range(num_blocks):
@@ -554,10 +745,9 @@ class EngineCore:
 class _StepSeries:
     """Durations of consecutive decode steps of one batch, summed in closed form."""
 
-    def __init__(self, perf: PerfModel, chunks: list[tuple[_Seq, int]]) -> None:
-        first = _shape(chunks)
+    def __init__(self, perf: PerfModel, first: StepShape, num_seqs: int) -> None:
         second = replace(
-            first, num_decode_context_tokens=first.num_decode_context_tokens + len(chunks)
+            first, num_decode_context_tokens=first.num_decode_context_tokens + num_seqs
         )
         c0, c1 = perf.step_cost(first), perf.step_cost(second)
         self.compute = (c0.compute_s, c1.compute_s - c0.compute_s)
@@ -579,6 +769,14 @@ class _StepSeries:
         return _line_sum(*first, 0, split) + _line_sum(*second, split, k) + k * self.fixed
 
 
+def _by_order(outcome: tuple[int, int, _Seq]) -> tuple[int, int]:
+    return outcome[0], outcome[1]
+
+
+def _order(seq: _Seq) -> int:
+    return seq.order
+
+
 def _line_sum(a: float, b: float, lo: int, hi: int) -> float:
     """Sum of a + b j for integer j in [lo, hi)."""
     if hi <= lo:
@@ -586,12 +784,13 @@ def _line_sum(a: float, b: float, lo: int, hi: int) -> float:
     return (hi - lo) * a + b * (hi * (hi - 1) - lo * (lo - 1)) / 2
 
 
-def _shape(chunks: list[tuple[_Seq, int]]) -> StepShape:
+def _shape(chunks: list[tuple[_Seq, int]], decodes: StepShape | None = None) -> StepShape:
+    """The step's work: the sequences run one by one, plus the decode set's (if in it)."""
     prefill_tokens = 0
     prefill_pairs = 0.0
     prefill_context = 0
-    decode_seqs = 0
-    decode_context = 0
+    decode_seqs = decodes.num_decode_seqs if decodes else 0
+    decode_context = decodes.num_decode_context_tokens if decodes else 0
     for seq, n in chunks:
         if n == 1:
             decode_seqs += 1

@@ -46,6 +46,9 @@ class Health:
         if consecutive_errors < 1:
             raise ValueError("consecutive_errors must be >= 1")
         self.breakers = [Breaker() for _ in range(num_backends)]
+        # Indexes whose breaker is not closed: empty, every replica may take traffic and
+        # callers skip asking one by one (the twin routes on fleets of hundreds).
+        self.not_closed: set[int] = set()
         self.consecutive_errors = consecutive_errors
         self.base_ejection_s = base_ejection_s
         self.max_ejection_s = max_ejection_s
@@ -73,6 +76,7 @@ class Health:
             0,
             False,
         )
+        self.not_closed.discard(index)
 
     def failed(self, index: int, now: float, *, refused: bool = False) -> None:
         """A request to ``index`` failed; ``refused``: the connection itself was refused,
@@ -84,9 +88,11 @@ class Health:
             or b.state is BreakerState.HALF_OPEN
             or (b.state is BreakerState.CLOSED and b.errors_in_a_row >= self.consecutive_errors)
         ):
-            self._eject(b, now)
+            self._eject(index, now)
 
-    def _eject(self, b: Breaker, now: float) -> None:
+    def _eject(self, index: int, now: float) -> None:
+        b = self.breakers[index]
+        self.not_closed.add(index)
         b.ejections_in_a_row += 1
         duration = min(self.max_ejection_s, self.base_ejection_s * b.ejections_in_a_row)
         b.state, b.open_until, b.probing = BreakerState.OPEN, now + duration, False

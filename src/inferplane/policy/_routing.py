@@ -54,6 +54,8 @@ class Router:
         if len(self.weights) != n or any(w < 0 for w in self.weights):
             raise ValueError("one non-negative weight per backend")
         self.outstanding = [0] * n  # tokens sent and not yet answered, per replica
+        # Who takes new traffic when every replica is up: the ones with a weight.
+        self._serving = [i for i in range(n) if self.weights[i] > 0] or list(range(n))
         self._credit = [0.0] * n  # smooth weighted round robin's running credit
         # A replica is not "overloaded" below a few requests' worth of tokens.
         self._ring = BoundedLoadRing(n, floor_tokens=_AFFINITY_FLOOR) if mode in _AFFINITY else None
@@ -69,15 +71,18 @@ class Router:
         all are excluded. ``key`` is its affinity key (prompt prefix, session) in the
         affinity modes, else anything that differs between requests (their id): the
         "random" choices are hashes of it, so the twin replays them exactly."""
-        candidates = [i for i in range(len(self.weights)) if i not in exclude]
-        if not candidates:
-            return None
-        up = [i for i in candidates if self.health.available(i, now)]
-        if not up:
-            fallback = self.health.soonest_back(candidates)
-            assert fallback is not None
-            return self._take(fallback)
-        weighted = [i for i in up if self.weights[i] > 0] or up
+        if not exclude and not self.health.not_closed:
+            weighted = self._serving  # the common case, without a pass over the fleet
+        else:
+            candidates = [i for i in range(len(self.weights)) if i not in exclude]
+            if not candidates:
+                return None
+            up = [i for i in candidates if self.health.available(i, now)]
+            if not up:
+                fallback = self.health.soonest_back(candidates)
+                assert fallback is not None
+                return self._take(fallback)
+            weighted = [i for i in up if self.weights[i] > 0] or up
         if self.mode is RoutingMode.ROUND_ROBIN:
             return self._take(self._smooth_round_robin(weighted))
         if self._ring is None:
