@@ -140,6 +140,10 @@ class _Step:
     # in a step planned one by one, every sequence.
     chunks: list[tuple[_Seq, int]] = field(default_factory=list)
     decodes: int = 0  # sequences of the decode set in this step (one token each)
+    # Its decode run, once worked out: (most steps, their durations), or None for none.
+    # Arrivals do not change it (they only wait); an abort does.
+    run: tuple[int, _StepSeries] | None = None
+    run_known: bool = False
 
 
 class _DecodeSet:
@@ -334,6 +338,7 @@ class EngineCore:
             self._free(seq)
         if self._step is not None:  # a decode-set member's token is simply not counted
             self._step.chunks = [(s, n) for s, n in self._step.chunks if s is not seq]
+            self._step.run_known = False
 
     def next_event_time(self) -> float | None:
         """End of the step in flight (planning it if needed), or None when idle."""
@@ -389,17 +394,13 @@ class EngineCore:
     def _steady_run(self, step: _Step, until: float) -> tuple[int, float] | None:
         """(k, end) when ``step`` and the next k - 1 steps form one unchanged decode
         batch ending at or before ``until``, with k >= 2; None otherwise."""
-        decode = self._decode
-        if step.chunks or self._prefilling or not decode.seqs:
-            return None  # prompt chunks in it, or one by one (a preemption was near)
-        if self._admissible_head(len(decode)):
+        if not step.run_known:
+            step.run, step.run_known = self._decode_run(step), True
+        if step.run is None or self._admissible_head(len(self._decode)):
             return None
-        first_done = decode.first_done()
-        assert first_done is not None
-        bound = min(first_done - decode.steps, self._kv_steps(first_done - decode.steps))
-        if bound < 2:
-            return None
-        cost = _StepSeries(self.perf, self._decode_shape(), len(decode))
+        bound, cost = step.run
+        if until == math.inf:
+            return bound, step.start + cost.total(bound)
         lo, hi = 1, bound  # the most steps that end by ``until``: T is increasing in k
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -408,6 +409,19 @@ class EngineCore:
             else:
                 hi = mid - 1
         return (lo, step.start + cost.total(lo)) if lo >= 2 else None
+
+    def _decode_run(self, step: _Step) -> tuple[int, _StepSeries] | None:
+        """The most steps the decode set can run unchanged from ``step`` (until a member
+        finishes or the KV cache fills) and their durations; None if fewer than two."""
+        decode = self._decode
+        if step.chunks or self._prefilling or not decode.seqs:
+            return None  # prompt chunks in it, or one by one (a preemption was near)
+        first_done = decode.first_done()
+        assert first_done is not None
+        bound = min(first_done - decode.steps, self._kv_steps(first_done - decode.steps))
+        if bound < 2:
+            return None
+        return bound, _StepSeries(self.perf, self._decode_shape(), len(decode))
 
     def _admissible_head(self, num_decodes: int) -> bool:
         """Could the head of the waiting queue join a coming step of this decode batch?
