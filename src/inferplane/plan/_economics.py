@@ -1,0 +1,60 @@
+"""Prices of a fleet: cloud by the hour, or owned (bought, powered, written off).
+
+Hours per month: 730 (8,760 / 12). Owned GPUs draw ``power_kw`` when busy and an
+assumed 30% of it when idle; their purchase is paid up front, so the cumulative
+cost starts at the capex. The cloud fleet is billed whole every hour. Break-even
+utilisation: the busy fraction at which a perfectly autoscaled cloud fleet (paying
+only for busy GPU-hours) costs what owning does over the horizon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferplane.perf import get_gpu
+from inferplane.plan._spec import GpuOffer
+
+__all__ = ["HOURS_PER_MONTH", "cloud_vs_owned", "hourly_prices"]
+
+HOURS_PER_MONTH = 730.0
+_IDLE_POWER = 0.3  # assumption: share of full power an idle GPU draws
+
+
+def hourly_prices(gpu: str, offer: GpuOffer, gpus: int) -> dict[str, float | None]:
+    """USD per hour for ``gpus`` GPUs of this offer: on demand, reserved, spot."""
+    on_demand = offer.on_demand if offer.on_demand is not None else get_gpu(gpu).price_per_hour
+    return {
+        "on_demand": gpus * on_demand,
+        "reserved": None if offer.reserved is None else gpus * offer.reserved,
+        "spot": None if offer.spot is None else gpus * offer.spot,
+    }
+
+
+def cloud_vs_owned(
+    gpu: str, offer: GpuOffer, gpus: int, utilisation: float, months: int
+) -> dict[str, Any] | None:
+    """Cumulative monthly costs over ``months``; None when the offer has no capex."""
+    if offer.capex_usd is None:
+        return None
+    prices = hourly_prices(gpu, offer, gpus)
+    hourly = prices["reserved"] if prices["reserved"] is not None else prices["on_demand"]
+    assert hourly is not None
+    power_kw = gpus * offer.power_kw * (_IDLE_POWER + (1 - _IDLE_POWER) * utilisation)
+    power_month = power_kw * HOURS_PER_MONTH * offer.usd_per_kwh
+    capex = gpus * offer.capex_usd
+    cloud = [hourly * HOURS_PER_MONTH * m for m in range(1, months + 1)]
+    owned = [capex + power_month * m for m in range(1, months + 1)]
+    break_even = next(
+        (m for m, (c, o) in enumerate(zip(cloud, owned, strict=True), 1) if o <= c), None
+    )
+    # Owning over the whole horizon against paying the cloud only for busy GPU-hours.
+    owned_total = capex + power_month * months
+    busy_hour_cost = hourly * HOURS_PER_MONTH * months
+    return {
+        "months": list(range(1, months + 1)),
+        "cloud_cumulative_usd": cloud,
+        "owned_cumulative_usd": owned,
+        "cloud_price": "reserved" if prices["reserved"] is not None else "on_demand",
+        "break_even_month": break_even,
+        "break_even_utilisation": owned_total / busy_hour_cost if busy_hour_cost else None,
+    }

@@ -1,0 +1,100 @@
+"""A capacity plan: the model, the workload at its peak, the SLOs, the hardware to choose
+from with its prices; one YAML file, every key checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from inferplane.config import ConfigError, parse_yaml
+from inferplane.perf import get_gpu, get_model
+from inferplane.twin._lengths import LengthSpec
+
+__all__ = ["ClassSlo", "GpuOffer", "PlanSpec", "PlanWorkload", "load_plan"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassSlo(_Strict):
+    """What one class of traffic must get, at the peak."""
+
+    share: float = Field(gt=0, le=1)  # of the requests
+    ttft_p99_s: float | None = Field(None, gt=0)
+    e2e_p99_s: float | None = Field(None, gt=0)
+    min_attainment: float = Field(0.99, gt=0, le=1)  # requests within ttft_p99_s
+
+
+class PlanWorkload(_Strict):
+    average_rps: float = Field(gt=0)
+    peak_rps: float = Field(gt=0)
+    spike_factor: float = Field(1.5, ge=1, le=20)  # a burst on top of the peak
+    prompt_tokens: LengthSpec
+    output_tokens: LengthSpec
+
+    @model_validator(mode="after")
+    def _peak_above_average(self) -> PlanWorkload:
+        if self.peak_rps < self.average_rps:
+            raise ValueError(
+                f"peak_rps {self.peak_rps:g} is below average_rps {self.average_rps:g}"
+            )
+        return self
+
+
+class GpuOffer(_Strict):
+    """One GPU type and what an hour of it costs (per GPU): in the cloud and owned."""
+
+    on_demand: float | None = Field(None, ge=0)  # None: the catalogue's price
+    reserved: float | None = Field(None, ge=0)
+    spot: float | None = Field(None, ge=0)
+    # Owned: purchase per GPU (its share of the server), power and its price, and
+    # the months over which it is written off.
+    capex_usd: float | None = Field(None, ge=0)
+    power_kw: float = Field(0.7, ge=0)
+    usd_per_kwh: float = Field(0.12, ge=0)
+    amortisation_months: int = Field(36, ge=1, le=120)
+
+
+class PlanSpec(_Strict):
+    name: str = "plan"
+    model: str
+    workload: PlanWorkload
+    slos: dict[str, ClassSlo] = Field(min_length=1)
+    gpus: dict[str, GpuOffer] = Field(min_length=1)
+    tensor_parallel: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
+    max_replicas: int = Field(64, ge=1, le=4096)
+    max_gpus: int | None = Field(None, ge=1)
+    max_num_seqs: int = Field(256, ge=1)
+    horizon_months: int = Field(36, ge=1, le=120)
+    seed: int = 0
+    # Simulated seconds of each twin run at a load level.
+    twin_seconds: float = Field(120.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PlanSpec:
+        try:
+            get_model(self.model)
+            for gpu in self.gpus:
+                get_gpu(gpu)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        total = sum(c.share for c in self.slos.values())
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"the classes' shares must add up to 1, they add up to {total:g}")
+        if all(c.ttft_p99_s is None and c.e2e_p99_s is None for c in self.slos.values()):
+            raise ValueError("no class has a ttft_p99_s or e2e_p99_s: there is nothing to meet")
+        if any(tp < 1 or tp & (tp - 1) for tp in self.tensor_parallel):
+            raise ValueError(
+                f"tensor_parallel degrees must be powers of two, got {self.tensor_parallel}"
+            )
+        return self
+
+
+def load_plan(path: Path) -> PlanSpec:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read plan: {exc.strerror}") from exc
+    return parse_yaml(text, PlanSpec, str(path), what="plan")
