@@ -329,6 +329,72 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
 
 
+@app.command()
+def plan(
+    plan_file: Annotated[Path, typer.Argument(help="Plan YAML: model, workload, SLOs, GPUs.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Result folder; plan-results/<plan name> if omitted.")
+    ] = None,
+    format: Annotated[
+        str, typer.Option(help="Report besides plan.json: html (self-contained) or md.")
+    ] = "html",
+    workers: Annotated[
+        int | None, typer.Option(help="Processes for the twin runs (default: every core).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """The cheapest fleet that meets every SLO at the peak, with the evidence."""
+    import json
+    import time
+
+    from inferplane.plan import load_plan, render_html, render_markdown, search
+
+    if format not in ("html", "md"):
+        fail(f"unknown format {format!r}; supported: html, md")
+    spec = _guard(lambda: load_plan(plan_file))
+    folder = out or Path("plan-results") / plan_file.stem
+    start = time.perf_counter()
+    say = None if quiet else (lambda line: err.print(line, highlight=False))
+    result = _guard(lambda: search(spec, workers=workers, progress=say))
+    result["elapsed_s"] = time.perf_counter() - start
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
+    if format == "html":
+        (folder / "report.html").write_text(render_html(result))
+    (folder / "report.md").write_text(render_markdown(result))
+    _print_plan(result)
+    console.print(f"results: {folder}/ ({result['elapsed_s']:.0f} s)")
+
+
+def _print_plan(result: dict[str, Any]) -> None:
+    table = _table(
+        "best fleet per GPU type (meets every SLO at the peak)",
+        "fleet",
+        "GPUs",
+        "$/h",
+        "$/1M tokens",
+        "utilisation",
+        "bottleneck",
+        text_columns=1,
+    )
+    for c in result["runner_up_by_gpu"].values():
+        mark = " *" if result["best"] and c["key"] == result["best"]["key"] else ""
+        table.add_row(
+            c["key"] + mark,
+            str(c["gpus"]),
+            f"{c['usd_per_hour']['on_demand']:,.2f}",
+            "-" if c["usd_per_1m_tokens"] is None else f"{c['usd_per_1m_tokens']:.3f}",
+            f"{c['utilisation']:.0%}",
+            c["bottleneck"],
+        )
+    console.print(table)
+    if result["best"] is None:
+        closest = ", ".join(c["key"] for c in result["closest"]) or "none"
+        console.print(f"no configuration meets the SLOs; closest: {closest}")
+    for skipped in result["skipped"]:
+        console.print(f"skipped {skipped['gpu']} TP{skipped['tp']}: {skipped['reason']}")
+
+
 # -- config and keys -----------------------------------------------------------
 
 
@@ -574,6 +640,18 @@ def bench_twin(
     run_twin_bench(
         fleets=sizes, requests=requests, load=load, seed=seed, out=out, echo=console.print
     )
+    console.print(f"JSON: {out}")
+
+
+@bench_app.command("plan")
+def bench_plan(
+    workers: Annotated[int | None, typer.Option(help="Processes (default: every core).")] = None,
+    out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/plan.json"),
+) -> None:
+    """Time to a plan over 4 GPU types x 3 TP degrees x 1-64 replicas."""
+    from inferplane.bench.plan import run_plan_bench
+
+    _guard(lambda: run_plan_bench(workers=workers, out=out, echo=console.print))
     console.print(f"JSON: {out}")
 
 

@@ -118,3 +118,33 @@ def test_bad_plans_say_which_line_and_why(
     path.write_text(text.replace(edit[0], edit[1], 1))
     with pytest.raises(ConfigError, match=message):
         load_plan(path)
+
+
+def test_the_cli_writes_the_plan_and_its_reports(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "small.yaml"
+    path.write_text(
+        "model: llama-3.1-8b\n"
+        "workload: {average_rps: 5, peak_rps: 10, prompt_tokens: {fixed: 256},"
+        " output_tokens: {fixed: 32}}\n"
+        "slos: {chat: {share: 1, ttft_p99_s: 1.0}}\n"
+        "gpus: {A100: {on_demand: 2.0, capex_usd: 15000}}\n"
+        "tensor_parallel: [1]\ntwin_seconds: 20\n"
+    )
+    out = tmp_path / "out"
+    cli = [sys.executable, "-m", "inferplane", "plan", str(path), "--out", str(out), "-q"]
+    done = subprocess.run(cli, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "plan.json").read_text())
+    assert result["best"]["gpu"] == "A100" and result["elapsed_s"] > 0
+    assert "A100 x TP1" in (out / "report.md").read_text()
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+    bad = subprocess.run(
+        [sys.executable, "-m", "inferplane", "plan", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "cannot read plan" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -211,6 +211,11 @@ def search(
         "spike_test": spike_test,
         "cloud_vs_owned": economics,
         "seed": spec.seed,
+        # One capacity run per (GPU, TP), the fleets tried, the curves, the spike test.
+        "twin_runs": len(tasks)
+        + len(outcomes)
+        + sum(len(points) for points in curves.values())
+        + (2 if spike_test is not None else 0),
     }
 
 
