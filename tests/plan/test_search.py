@@ -97,6 +97,7 @@ def test_break_even_by_hand() -> None:
     assert out["cloud_cumulative_usd"][0] == pytest.approx(11_680)
     assert out["owned_cumulative_usd"][0] == pytest.approx(160_000 + 189.8)
     assert out["break_even_month"] == 14  # 160,000 / (11,680 - 189.8) = 13.9
+    assert out["owned_monthly_usd"] == pytest.approx(160_000 / 36 + 189.8)  # written off
     assert cloud_vs_owned("A100", GpuOffer(on_demand=2.0), 8, 0.5, 36) is None
 
 

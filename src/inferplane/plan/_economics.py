@@ -2,7 +2,8 @@
 
 Hours per month: 730 (8,760 / 12). Owned GPUs draw ``power_kw`` when busy and an
 assumed 30% of it when idle; their purchase is paid up front, so the cumulative
-cost starts at the capex. The cloud fleet is billed whole every hour. Break-even
+cost starts at the capex (the monthly figure in the books writes it off over
+``amortisation_months`` instead). The cloud fleet is billed whole every hour. Break-even
 utilisation: the busy fraction at which a perfectly autoscaled cloud fleet (paying
 only for busy GPU-hours) costs what owning does over the horizon.
 """
@@ -51,6 +52,9 @@ def cloud_vs_owned(
     owned_total = capex + power_month * months
     busy_hour_cost = hourly * HOURS_PER_MONTH * months
     return {
+        # What owning costs a month in the books: the purchase written off, and power.
+        "owned_monthly_usd": capex / offer.amortisation_months + power_month,
+        "cloud_monthly_usd": hourly * HOURS_PER_MONTH,
         "months": list(range(1, months + 1)),
         "cloud_cumulative_usd": cloud,
         "owned_cumulative_usd": owned,
