@@ -149,3 +149,41 @@ def test_the_cli_writes_the_plan_and_its_reports(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2 and "cannot read plan" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_plan_measures_its_workload_from_a_trace(tmp_path: Path) -> None:
+    # Two minutes of traffic: 2 req/s, then a minute at 6 req/s; lengths around 400/100.
+    rows = ["time,tenant,slo_class,model,prompt_tokens,output_tokens"]
+    t, i = 0.0, 0
+    while t < 120:
+        rate = 2.0 if t < 60 else 6.0
+        prompt, output = (300, 80) if i % 2 else (500, 120)
+        rows.append(f"{t:.3f},acme,chat,llama-3.1-8b,{prompt},{output}")
+        t, i = t + 1 / rate, i + 1
+    (tmp_path / "traffic.csv").write_text("\n".join(rows) + "\n")
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        "model: llama-3.1-8b\n"
+        "workload: {trace: traffic.csv, growth: 2}\n"
+        "slos: {chat: {share: 1, ttft_p99_s: 1.0}}\n"
+        "gpus: {A100: {on_demand: 2.0}}\n"
+    )
+    w = load_plan(path).workload
+    assert w.peak_rps == pytest.approx(2 * 6.0, rel=0.05)  # the busiest minute, doubled
+    assert w.average_rps == pytest.approx(2 * i / 120, rel=0.05)
+    prompt = w.prompt_tokens.model_dump()["lognormal"]
+    assert prompt["median"] == pytest.approx(math.sqrt(300 * 500), rel=0.01)
+    assert prompt["max"] == 500
+    (tmp_path / "traffic.csv").write_text("time,tenant\n")
+    with pytest.raises(ConfigError, match=r"workload.*spread over time"):
+        load_plan(path)
+
+
+def test_following_the_day_costs_less_than_a_fleet_sized_for_the_peak() -> None:
+    from inferplane.plan._economics import follow_the_day
+
+    flat = follow_the_day(10, 30.0, 30.0, 2.0)
+    assert flat["follow_the_day_monthly_usd"] == pytest.approx(flat["fixed_fleet_monthly_usd"])
+    day = follow_the_day(10, 30.0, 60.0, 2.0)  # a sine from 0 to 60 req/s
+    assert max(day["replicas_by_hour"]) == 10 and min(day["replicas_by_hour"]) == 1
+    assert day["follow_the_day_monthly_usd"] < 0.65 * day["fixed_fleet_monthly_usd"]

@@ -41,8 +41,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     return parse_yaml(text, Config, source, what="config")
 
 
-def parse_yaml(text: str, schema: type[M], source: str, *, what: str) -> M:
-    """``text`` validated as ``schema``; errors read ``source:line: key.path: message``."""
+def parse_yaml(
+    text: str, schema: type[M], source: str, *, what: str, context: dict[str, Any] | None = None
+) -> M:
+    """``text`` validated as ``schema`` (``context`` goes to its validators); errors read
+    ``source:line: key.path: message``."""
     lines: dict[Path_, int] = {}
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -58,7 +61,7 @@ def parse_yaml(text: str, schema: type[M], source: str, *, what: str) -> M:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the {what} must be a mapping of keys")
     try:
-        return schema.model_validate(data)
+        return schema.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(
             "\n".join(_describe(err, source, lines) for err in exc.errors())

@@ -10,12 +10,13 @@ only for busy GPU-hours) costs what owning does over the horizon.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from inferplane.perf import get_gpu
 from inferplane.plan._spec import GpuOffer
 
-__all__ = ["HOURS_PER_MONTH", "cloud_vs_owned", "hourly_prices"]
+__all__ = ["HOURS_PER_MONTH", "cloud_vs_owned", "follow_the_day", "hourly_prices"]
 
 HOURS_PER_MONTH = 730.0
 _IDLE_POWER = 0.3  # assumption: share of full power an idle GPU draws
@@ -61,4 +62,25 @@ def cloud_vs_owned(
         "cloud_price": "reserved" if prices["reserved"] is not None else "on_demand",
         "break_even_month": break_even,
         "break_even_utilisation": owned_total / busy_hour_cost if busy_hour_cost else None,
+    }
+
+
+def follow_the_day(
+    replicas_at_peak: int, average_rps: float, peak_rps: float, usd_per_replica_hour: float
+) -> dict[str, Any]:
+    """The month of a fleet sized for the peak against one that follows the day (a sine
+    with the plan's average as its mean and its peak as its top), each hour sized in
+    proportion to the load, never below one replica."""
+    hourly_load = [
+        max(0.0, average_rps + (peak_rps - average_rps) * math.sin(2 * math.pi * (h - 6) / 24))
+        for h in range(24)
+    ]
+    replicas = [
+        max(1, math.ceil(replicas_at_peak * load / peak_rps - 1e-9)) for load in hourly_load
+    ]
+    days = HOURS_PER_MONTH / 24
+    return {
+        "fixed_fleet_monthly_usd": replicas_at_peak * usd_per_replica_hour * HOURS_PER_MONTH,
+        "follow_the_day_monthly_usd": sum(replicas) * usd_per_replica_hour * days,
+        "replicas_by_hour": replicas,
     }

@@ -164,7 +164,24 @@ def _economics_line(report: PlanReport) -> list[str]:
     return [f"- **Cloud vs owned** over {horizon} months: {verdict}{''.join(last)}."]
 
 
-def _key_numbers(report: PlanReport) -> list[str]:
+def _monthly_line(result: Mapping[str, Any]) -> list[str]:
+    monthly = result.get("monthly_cost")
+    if not isinstance(monthly, Mapping):
+        return []
+    fixed, follow = (
+        monthly.get("fixed_fleet_monthly_usd"),
+        monthly.get("follow_the_day_monthly_usd"),
+    )
+    if not isinstance(fixed, (int, float)) or not isinstance(follow, (int, float)):
+        return []
+    return [
+        f"- **A month in the cloud** (on demand): {usd(fixed)} for the fleet sized for the "
+        f"peak, {usd(follow)} for one that follows the day (average to peak), cold starts "
+        "aside."
+    ]
+
+
+def _key_numbers(report: PlanReport, extra: list[str]) -> list[str]:
     lines = []
     if report.utilisation_target is not None:
         spike = f" ×{count(report.spike_factor)}" if report.spike_factor else ""
@@ -172,7 +189,7 @@ def _key_numbers(report: PlanReport) -> list[str]:
             f"- **Utilisation target**: {percent(report.utilisation_target)}, the highest "
             f"utilisation whose P99 TTFT survives the{spike} spike."
         )
-    lines += _spike_line(report) + _economics_line(report)
+    lines += _spike_line(report) + _economics_line(report) + extra
     return ["## Key numbers", "", *lines, ""] if lines else []
 
 
@@ -181,7 +198,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     meets the SLOs, the closest candidates and what they miss), the key numbers and the
     break-even. Every user-supplied name is escaped."""
     report = read_result(result)
-    lines = _header(report) + _decision(report) + _skipped(report) + _key_numbers(report)
+    lines = _header(report) + _decision(report) + _skipped(report)
+    lines += _key_numbers(report, _monthly_line(result))
     footer = []
     if report.seed is not None:
         footer.append(f"seed {report.seed}")

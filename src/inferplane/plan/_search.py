@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from inferplane.perf import PerfModel, get_gpu, get_model
-from inferplane.plan._economics import cloud_vs_owned, hourly_prices
+from inferplane.plan._economics import cloud_vs_owned, follow_the_day, hourly_prices
 from inferplane.plan._estimate import ReplicaEstimate, estimate_replica, mean_length
 from inferplane.plan._evaluate import Fleet, Outcome, evaluate
 from inferplane.plan._spec import PlanSpec
@@ -172,6 +172,7 @@ def search(
     utilisation_target = None
     spike_test = None
     economics = None
+    monthly = None
     if best is not None:
         ok = [p["utilisation"] for p in curves.get(best["key"], []) if p["meets_slo"]]
         if ok:
@@ -187,6 +188,12 @@ def search(
         average_busy = best["utilisation"] * spec.workload.average_rps / spec.workload.peak_rps
         economics = cloud_vs_owned(
             best["gpu"], spec.gpus[best["gpu"]], best["gpus"], average_busy, spec.horizon_months
+        )
+        monthly = follow_the_day(
+            best["replicas"],
+            spec.workload.average_rps,
+            spec.workload.peak_rps,
+            best["usd_per_hour"]["on_demand"] / best["replicas"],
         )
     return {
         "plan": {
@@ -210,6 +217,7 @@ def search(
         "utilisation_target": utilisation_target,
         "spike_test": spike_test,
         "cloud_vs_owned": economics,
+        "monthly_cost": monthly,
         "seed": spec.seed,
         # One capacity run per (GPU, TP), the fleets tried, the curves, the spike test.
         "twin_runs": len(tasks)

@@ -4,8 +4,9 @@ from with its prices; one YAML file, every key checked."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from inferplane.config import ConfigError, parse_yaml
 from inferplane.perf import get_gpu, get_model
@@ -28,11 +29,41 @@ class ClassSlo(_Strict):
 
 
 class PlanWorkload(_Strict):
+    """The traffic at its peak. Between the average and the peak the day is taken as a
+    sine (for the cost of a fleet that follows it). With ``trace`` (relative to the
+    plan's folder), what is not given is measured from it (``_trace``), its rates
+    times ``growth``."""
+
     average_rps: float = Field(gt=0)
     peak_rps: float = Field(gt=0)
     spike_factor: float = Field(1.5, ge=1, le=20)  # a burst on top of the peak
     prompt_tokens: LengthSpec
     output_tokens: LengthSpec
+    trace: Path | None = None
+    growth: float = Field(1.0, gt=0, le=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_trace(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or data.get("trace") is None:
+            return data
+        from inferplane.plan._trace import profile_trace
+
+        trace = Path(str(data["trace"]))
+        base = (info.context or {}).get("base_dir")
+        if not trace.is_absolute() and base is not None:
+            trace = Path(base) / trace
+        try:
+            measured = profile_trace(trace, growth=float(data.get("growth", 1.0)))
+        except OSError as exc:
+            raise ValueError(f"cannot read trace {trace}: {exc.strerror}") from None
+        return {
+            "average_rps": measured.average_rps,
+            "peak_rps": measured.peak_rps,
+            "prompt_tokens": measured.prompt_tokens,
+            "output_tokens": measured.output_tokens,
+            **data,
+        }
 
     @model_validator(mode="after")
     def _peak_above_average(self) -> PlanWorkload:
@@ -40,6 +71,8 @@ class PlanWorkload(_Strict):
             raise ValueError(
                 f"peak_rps {self.peak_rps:g} is below average_rps {self.average_rps:g}"
             )
+        if self.trace is None and self.growth != 1.0:
+            raise ValueError("growth scales a trace's rates: give a trace")
         return self
 
 
@@ -93,8 +126,9 @@ class PlanSpec(_Strict):
 
 
 def load_plan(path: Path) -> PlanSpec:
+    """The plan at ``path``; a workload trace is read relative to the plan's folder."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read plan: {exc.strerror}") from exc
-    return parse_yaml(text, PlanSpec, str(path), what="plan")
+    return parse_yaml(text, PlanSpec, str(path), what="plan", context={"base_dir": path.parent})
