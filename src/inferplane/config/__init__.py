@@ -4,6 +4,7 @@ from inferplane.config._load import (
     ConfigError,
     default_config_text,
     load_config,
+    load_yaml,
     parse_config,
     parse_yaml,
 )
@@ -20,6 +21,7 @@ from inferplane.config._schema import (
     PricingMode,
     RunId,
     SloClass,
+    Strict,
     Tenant,
 )
 
@@ -37,9 +39,11 @@ __all__ = [
     "PricingMode",
     "RunId",
     "SloClass",
+    "Strict",
     "Tenant",
     "default_config_text",
     "load_config",
+    "load_yaml",
     "parse_config",
     "parse_yaml",
 ]

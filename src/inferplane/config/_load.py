@@ -11,7 +11,14 @@ from pydantic import BaseModel, ValidationError
 
 from inferplane.config._schema import Config
 
-__all__ = ["ConfigError", "default_config_text", "load_config", "parse_config", "parse_yaml"]
+__all__ = [
+    "ConfigError",
+    "default_config_text",
+    "load_config",
+    "load_yaml",
+    "parse_config",
+    "parse_yaml",
+]
 
 Path_ = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -29,12 +36,18 @@ def load_config(path: str | Path | None = None) -> Config:
     """The config at ``path``, or the embedded default when ``path`` is None."""
     if path is None:
         return parse_config(default_config_text(), "<default>")
-    path = Path(path)
+    return load_yaml(Path(path), Config, what="config")
+
+
+def load_yaml(
+    path: Path, schema: type[M], *, what: str, context: dict[str, Any] | None = None
+) -> M:
+    """The file at ``path`` validated as ``schema`` (a config, a scenario, a plan)."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-    return parse_config(text, str(path))
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    return parse_yaml(text, schema, str(path), what=what, context=context)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

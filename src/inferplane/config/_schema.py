@@ -31,6 +31,7 @@ __all__ = [
     "PricingMode",
     "RunId",
     "SloClass",
+    "Strict",
     "Tenant",
 ]
 
@@ -41,7 +42,9 @@ RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 RunId = Annotated[str, Field(pattern=RUN_ID)]
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Every config-like model: unknown keys are refused, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -56,7 +59,7 @@ class EngineKind(StrEnum):
     OPENAI = "openai"  # any OpenAI-compatible URL
 
 
-class GatewaySettings(_Strict):
+class GatewaySettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
@@ -94,7 +97,7 @@ class GatewaySettings(_Strict):
         return self
 
 
-class Backend(_Strict):
+class Backend(Strict):
     url: str
     engine: EngineKind = EngineKind.OPENAI
     name: Name | None = None  # defaults to host:port
@@ -154,7 +157,7 @@ class Backend(_Strict):
         return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
-class Pricing(_Strict):
+class Pricing(Strict):
     """USD per million tokens, API-style. 1 USD per 1M tokens is 1 micro-dollar per token."""
 
     input_per_1m: Decimal = Field(Decimal(0), ge=0)
@@ -182,7 +185,7 @@ class PricingMode(StrEnum):
     PER_HOUR = "per_hour"  # self-hosted: each backend's price_per_hour, by measured throughput
 
 
-class Model(_Strict):
+class Model(Strict):
     backends: list[Backend] = Field(min_length=1)
     # Catalogue model the backends run (for the perf model); defaults to the logical name.
     catalogue: str | None = None
@@ -209,7 +212,7 @@ class Model(_Strict):
         return self
 
 
-class Budget(_Strict):
+class Budget(Strict):
     """Limits of one scope; omitted dimensions are unlimited."""
 
     input_tokens: int | None = Field(None, ge=0)
@@ -234,7 +237,7 @@ class Budget(_Strict):
         )
 
 
-class SloClass(_Strict):
+class SloClass(Strict):
     """A class of traffic: its queue priority (0 first), how long its requests may wait
     in the gateway's queue before they are refused (429 slo_unattainable), its share
     against classes of equal priority, its time-to-first-token target (None: best
@@ -258,7 +261,7 @@ DEFAULT_SLO_CLASSES = {
 }
 
 
-class ApiKey(_Strict):
+class ApiKey(Strict):
     name: Name
     sha256: str
     budget: Budget | None = None
@@ -276,7 +279,7 @@ class ApiKey(_Strict):
         return value
 
 
-class Tenant(_Strict):
+class Tenant(Strict):
     disabled: bool = False
     # Its share of a class's capacity against other tenants when they compete.
     weight: float = Field(1.0, gt=0, le=1000)
@@ -298,7 +301,7 @@ class Tenant(_Strict):
         return self
 
 
-class Config(_Strict):
+class Config(Strict):
     gateway: GatewaySettings = GatewaySettings()
     data_dir: Path = Path(".inferplane")
     # Where the ledger, tenants and budgets live: SQLite under data_dir when unset; a

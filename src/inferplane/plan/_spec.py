@@ -6,20 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
-from inferplane.config import ConfigError, parse_yaml
+from inferplane.config import Strict, load_yaml
 from inferplane.perf import get_gpu, get_model
 from inferplane.twin._lengths import LengthSpec
 
 __all__ = ["ClassSlo", "GpuOffer", "PlanSpec", "PlanWorkload", "load_plan"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ClassSlo(_Strict):
+class ClassSlo(Strict):
     """What one class of traffic must get, at the peak."""
 
     share: float = Field(gt=0, le=1)  # of the requests
@@ -28,7 +24,7 @@ class ClassSlo(_Strict):
     min_attainment: float = Field(0.99, gt=0, le=1)  # requests within ttft_p99_s
 
 
-class PlanWorkload(_Strict):
+class PlanWorkload(Strict):
     """The traffic at its peak. Between the average and the peak the day is taken as a
     sine (for the cost of a fleet that follows it). With ``trace`` (relative to the
     plan's folder), what is not given is measured from it (``_trace``), its rates
@@ -76,7 +72,7 @@ class PlanWorkload(_Strict):
         return self
 
 
-class GpuOffer(_Strict):
+class GpuOffer(Strict):
     """One GPU type and what an hour of it costs (per GPU): in the cloud and owned."""
 
     on_demand: float | None = Field(None, ge=0)  # None: the catalogue's price
@@ -90,7 +86,7 @@ class GpuOffer(_Strict):
     amortisation_months: int = Field(36, ge=1, le=120)
 
 
-class PlanSpec(_Strict):
+class PlanSpec(Strict):
     name: str = "plan"
     model: str
     workload: PlanWorkload
@@ -127,8 +123,4 @@ class PlanSpec(_Strict):
 
 def load_plan(path: Path) -> PlanSpec:
     """The plan at ``path``; a workload trace is read relative to the plan's folder."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read plan: {exc.strerror}") from exc
-    return parse_yaml(text, PlanSpec, str(path), what="plan", context={"base_dir": path.parent})
+    return load_yaml(path, PlanSpec, what="plan", context={"base_dir": path.parent})

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag
+
+from inferplane.config import Strict
 
 __all__ = [
     "MAX_DIURNALS",
@@ -38,24 +40,20 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):  # as config's: unknown keys are refused
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GammaParams(_Strict):
+class GammaParams(Strict):
     # Coefficient of variation of the gaps: 1 is Poisson, above is burstier. Bounded because
     # gamma shapes below 1/400 draw gaps that underflow to 0.
     cv: float = Field(gt=0, le=20)
 
 
-class GammaArrivals(_Strict):
+class GammaArrivals(Strict):
     gamma: GammaParams
 
 
 ArrivalProcess = Literal["poisson"] | GammaArrivals
 
 
-class Diurnal(_Strict):
+class Diurnal(Strict):
     """A sinusoid of mean 1 over its period, peaking at peak_at_s (mod period_s), with
     this peak-to-trough ratio; the stream's rate stays its mean over whole periods."""
 
@@ -64,12 +62,12 @@ class Diurnal(_Strict):
     peak_at_s: float = 0.0
 
 
-class DiurnalShape(_Strict):
+class DiurnalShape(Strict):
     kind: ClassVar[str] = "diurnal"
     diurnal: Diurnal
 
 
-class Step(_Strict):
+class Step(Strict):
     """The rate times ``factor`` from at_s for duration_s (for ever when omitted); 0 is an
     outage, 3 a spike."""
 
@@ -78,7 +76,7 @@ class Step(_Strict):
     factor: float = Field(ge=0, le=10**6)
 
 
-class StepShape(_Strict):
+class StepShape(Strict):
     kind: ClassVar[str] = "step"
     step: Step
 

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from inferplane.config import Strict
 
 __all__ = [
     "PRESETS",
@@ -27,10 +29,6 @@ __all__ = [
 
 Role = Literal["prompt", "output"]
 Sampler = Callable[[random.Random], int]
-
-
-class _Strict(BaseModel):  # as config's: unknown keys are refused
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +98,12 @@ PRESETS: dict[str, LengthPreset] = {
 }
 
 
-class FixedLength(_Strict):
+class FixedLength(Strict):
     kind: ClassVar[str] = "fixed"
     fixed: int = Field(ge=1)
 
 
-class UniformLength(_Strict):
+class UniformLength(Strict):
     """Whole numbers from lo to hi, both included, equally likely."""
 
     kind: ClassVar[str] = "uniform"
@@ -119,7 +117,7 @@ class UniformLength(_Strict):
         return self
 
 
-class LogNormalParams(_Strict):
+class LogNormalParams(Strict):
     median: float = Field(gt=0, le=10**7)
     sigma: float = Field(ge=0, le=10)
     max: int | None = Field(None, ge=1)
@@ -131,12 +129,12 @@ class LogNormalParams(_Strict):
         return self
 
 
-class LogNormalLength(_Strict):
+class LogNormalLength(Strict):
     kind: ClassVar[str] = "lognormal"
     lognormal: LogNormalParams
 
 
-class PresetLength(_Strict):
+class PresetLength(Strict):
     """A fit from ``PRESETS``; ``max`` replaces the preset's own clamp."""
 
     kind: ClassVar[str] = "preset"

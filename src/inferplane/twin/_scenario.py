@@ -15,9 +15,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from inferplane.config import ConfigError, GatewaySettings, SloClass, parse_yaml
+from inferplane.config import GatewaySettings, SloClass, Strict, load_yaml
 from inferplane.config._schema import DEFAULT_SLO_CLASSES, Name
-from inferplane.config._schema import _Strict as Strict
 from inferplane.engines import EngineLimits
 from inferplane.perf import PerfModel, get_gpu, get_model, get_storage
 from inferplane.policy import RoutingMode
@@ -207,8 +206,4 @@ class Scenario(Strict):
 
 def load_scenario(path: Path) -> Scenario:
     """The scenario at ``path``; `ConfigError` says which line is wrong and why."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read scenario: {exc.strerror}") from exc
-    return parse_yaml(text, Scenario, str(path), what="scenario")
+    return load_yaml(path, Scenario, what="scenario")

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from inferplane.config import Strict
 from inferplane.twin._arrivals import (
     MAX_DIURNALS,
     ArrivalProcess,
@@ -80,11 +81,7 @@ class Arrival:
     prefix_tokens: int = 0  # leading prompt tokens shared under prefix_key
 
 
-class _Strict(BaseModel):  # as config's: unknown keys are refused
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PrefixSpec(_Strict):
+class PrefixSpec(Strict):
     """Shared prompt prefixes (system prompts, few-shot examples, agent contexts).
 
     A request takes one of ``groups`` prefixes of ``tokens`` tokens, prepended to the
@@ -102,7 +99,7 @@ class PrefixSpec(_Strict):
     key: _Name | None = None
 
 
-class StreamSpec(_Strict):
+class StreamSpec(Strict):
     tenant: _Name
     slo_class: _Name
     model: _Name
@@ -131,7 +128,7 @@ class StreamSpec(_Strict):
         return self
 
 
-class WorkloadSpec(_Strict):
+class WorkloadSpec(Strict):
     """Either generated streams (for duration_s seconds) or a trace to replay (cut at
     duration_s when given)."""
 
