@@ -341,7 +341,7 @@ def plan(
     workers: Annotated[
         int | None, typer.Option(help="Processes for the twin runs (default: every core).")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """The cheapest fleet that meets every SLO at the peak, with the evidence."""
     import json
@@ -353,9 +353,16 @@ def plan(
         fail(f"unknown format {format!r}; supported: html, md")
     spec = _guard(lambda: load_plan(plan_file))
     folder = out or Path("plan-results") / plan_file.stem
+    from rich.progress import Progress
+
     start = time.perf_counter()
-    say = None if quiet else (lambda line: err.print(line, highlight=False))
-    result = _guard(lambda: search(spec, workers=workers, progress=say))
+    with Progress(console=err, transient=True, disable=quiet) as bar:
+        task = bar.add_task("planning", total=None)
+
+        def progress(message: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=message)
+
+        result = _guard(lambda: search(spec, workers=workers, progress=progress))
     result["elapsed_s"] = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plan.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -51,9 +51,8 @@ def run_plan_bench(
 ) -> dict[str, Any]:
     spec = PlanSpec.model_validate(BENCH_PLAN)
     workers = workers or os.cpu_count() or 1
-    lines: list[str] = []
     start = time.perf_counter()
-    result = search(spec, workers=workers, progress=lines.append)
+    result = search(spec, workers=workers)
     elapsed = time.perf_counter() - start
     twin_runs = result["twin_runs"]
     best = result["best"]

@@ -34,7 +34,9 @@ _CURVE = (0.4, 0.6, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
 # A fleet that meets its SLOs only below this utilisation is held back by queueing.
 _QUEUEING = 0.6
 
-Progress = Callable[[str], None]
+# Told (what was just done, steps done, steps in all): one step per (GPU, TP) searched,
+# then the curves, then the spike test.
+Progress = Callable[[str, int, int], None]
 
 
 def _fewest_passing(spec: PlanSpec, gpu: str, tp: int, start: int) -> list[Outcome]:
@@ -111,7 +113,7 @@ def search(
     spec: PlanSpec, *, workers: int | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
     """The plan's answer, as the report's JSON contract."""
-    say = progress or (lambda _: None)
+    say = progress or (lambda *_: None)
     workers = workers or os.cpu_count() or 1
     model = get_model(spec.model)
     prompt = mean_length(spec.workload.prompt_tokens, "prompt", spec.seed)
@@ -133,7 +135,8 @@ def search(
                 continue
             estimates[(gpu, tp)] = est
     tasks = [(spec, gpu, tp, est.rps) for (gpu, tp), est in estimates.items()]
-    say(f"searching {len(tasks)} GPU x TP combinations on the twin")
+    steps = len(tasks) + 2
+    say(f"searching {len(tasks)} GPU x TP combinations on the twin", 0, steps)
     outcomes: list[Outcome] = []
     capacity: dict[tuple[str, int], float] = {}
     for (_, gpu, tp, _), (measured, found) in zip(
@@ -141,7 +144,11 @@ def search(
     ):
         capacity[(gpu, tp)] = measured
         outcomes.extend(found)
-        say(f"{gpu} TP{tp}: {measured:.1f} req/s per replica, {len(found)} fleets tried")
+        say(
+            f"{gpu} TP{tp}: {measured:.1f} req/s per replica, {len(found)} fleets tried",
+            len(capacity),
+            steps,
+        )
     candidates = [_candidate(spec, o, estimates, capacity) for o in outcomes]
     passing = sorted(
         (c for c in candidates if c["meets_slo"] and c["load_rps"] == spec.workload.peak_rps),
@@ -155,7 +162,7 @@ def search(
 
     curves: dict[str, list[dict[str, Any]]] = {}
     finalists = list(runner_up.values()) or closest[:1]
-    say(f"utilisation curves of {len(finalists)} fleets")
+    say(f"utilisation curves of {len(finalists)} fleets", len(tasks), steps)
     fleets = [Fleet(c["gpu"], c["tp"], c["replicas"]) for c in finalists]
     for fleet, points in zip(
         fleets, _parallel(_curve, [(spec, f) for f in fleets], workers), strict=True
@@ -178,7 +185,7 @@ def search(
         if ok:
             # A spike multiplies the load, and about so the busy fraction.
             utilisation_target = max(ok) / spec.workload.spike_factor
-        say("spike test, with and without autoscaling")
+        say("spike test, with and without autoscaling", len(tasks) + 1, steps)
         fleet = Fleet(best["gpu"], best["tp"], best["replicas"])
         fixed, scaled = _parallel(_spike, [(spec, fleet, False), (spec, fleet, True)], workers)
         spike_test = {
@@ -195,6 +202,7 @@ def search(
             spec.workload.peak_rps,
             best["usd_per_hour"]["on_demand"] / best["replicas"],
         )
+    say("done", steps, steps)
     return {
         "plan": {
             "name": spec.name,
