@@ -199,13 +199,13 @@ class _DecodeSet:
             seq.since = self.steps
         seq.num_blocks = -(-(seq.num_computed + self.planned) // self.block_size)
 
-    def context(self, ahead: int = 0) -> int:
-        """KV tokens the decode tokens of step ``steps + ahead`` attend to."""
-        return self.base_sum + len(self.seqs) * (self.steps + ahead + 1)
+    def context(self) -> int:
+        """KV tokens the decode tokens of the set's next step attend to."""
+        return self.base_sum + len(self.seqs) * (self.steps + 1)
 
-    def blocks_needed(self, ahead: int = 0) -> int:
-        """New KV blocks the members need in step ``steps + ahead``."""
-        return self.residues[-(self.steps + ahead) % self.block_size]
+    def blocks_needed(self) -> int:
+        """New KV blocks the members need in the set's next step."""
+        return self.residues[-self.steps % self.block_size]
 
     def blocks_over(self, first: int, last: int) -> int:
         """New KV blocks over steps ``steps + first`` .. ``steps + last - 1``."""

@@ -1,11 +1,13 @@
 """The gateway on the twin's clock: the same policy objects the live gateway drives.
 
-Per logical model: ``policy.Dispatcher`` (admission by predicted wait, the
-priority and fairness queue, replica slots) when a replica group sets
-``max_concurrency``, ``policy.Router`` (round robin, least loaded, affinity)
-otherwise, ``policy.Health`` breakers under both, and the model's fallback
-chain when it cannot take a request. What the live gateway does with sockets
-and futures, this does with callbacks on the simulated clock.
+Per logical model: ``policy.Dispatcher`` (admission by predicted wait and TTFT
+target, the priority and fairness queue, replica slots and token capacities)
+when a replica group sets ``max_concurrency`` or ``max_tokens_in_flight``,
+``policy.Router`` (round robin, least loaded, affinity) otherwise,
+``policy.Health`` breakers under both, and the model's fallback chain when it
+cannot take a request. What the live gateway does with sockets and futures,
+this does with callbacks on the simulated clock. Not simulated: budgets,
+hedging, learned (``auto``) limits, the network hop.
 """
 
 from __future__ import annotations

@@ -43,6 +43,3 @@ class EventLoop:
     def stop(self) -> None:
         """Drop everything scheduled: ``run`` returns once the current callback does."""
         self._heap.clear()
-
-    def __len__(self) -> int:
-        return len(self._heap)

@@ -85,9 +85,7 @@ class Simulation:
         self._last_arrival = 0.0
         self._end = 0.0
         self._exhausted = False
-        self._ttft_targets = {
-            n: getattr(c, "ttft_s", None) for n, c in scenario.slo_classes.items()
-        }
+        self._ttft_targets = {n: c.ttft_s for n, c in scenario.slo_classes.items()}
         # (model, workflow) -> [requests, weighted tokens], for the cost split.
         self._usage: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
         self._weights = {n: float(m.input_token_weight) for n, m in scenario.models.items()}
