@@ -221,3 +221,45 @@ def test_prefix_affinity_finds_cached_prefixes_that_least_loaded_spreads_thin() 
 
     least, affinity = mean_ttft("least_loaded"), mean_ttft("prefix_affinity")
     assert affinity < 0.8 * least
+
+
+def test_a_scenario_takes_its_policies_from_the_gateways_config(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_text(
+        "slo_classes:\n"
+        "  gold: {priority: 0, max_queue_s: 1, ttft_s: 0.4}\n"
+        "  bulk: {priority: 3, max_queue_s: 900}\n"
+        "default_slo_class: gold\n"
+        "queue_aging_s: 42\n"
+        "models:\n"
+        "  m:\n"
+        "    routing: least_loaded\n"
+        "    backends:\n"
+        "      - {url: 'http://10.0.0.1:8000', max_concurrency: 12}\n"
+        "      - {url: 'http://10.0.0.2:8000', max_concurrency: 12}\n"
+        "tenants:\n"
+        "  acme: {weight: 3}\n"
+    )
+    (tmp_path / "what-if.yaml").write_text(
+        "policies_from: gateway.yaml\n"
+        "models:\n"
+        "  m: {catalogue: llama-3.1-8b, replicas: [{gpu: H100, count: 2}]}\n"
+        "workload:\n"
+        "  duration_s: 20\n"
+        "  streams:\n"
+        "    - {tenant: acme, slo_class: gold, model: m, rate: 5,"
+        " prompt_tokens: {fixed: 200}, output_tokens: {fixed: 20}}\n"
+    )
+    sc = load_scenario(tmp_path / "what-if.yaml")
+    assert set(sc.slo_classes) == {"gold", "bulk"} and sc.queue_aging_s == 42
+    assert sc.tenants["acme"].weight == 3
+    assert sc.models["m"].routing == "least_loaded"
+    assert sc.models["m"].replicas[0].max_concurrency == 12
+    sim = Simulation(sc)
+    summary = sim.run()
+    assert sim.gateway.routes["m"].dispatcher is not None  # the gateway's queue, mirrored
+    assert summary["by_class"]["gold"]["completed"] == summary["by_class"]["gold"]["arrived"]
+    (tmp_path / "what-if.yaml").write_text(
+        (tmp_path / "what-if.yaml").read_text().replace("gateway.yaml", "missing.yaml")
+    )
+    with pytest.raises(ConfigError, match=r"policies_from: .*missing\.yaml"):
+        load_scenario(tmp_path / "what-if.yaml")

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
-from inferplane.config import GatewaySettings, SloClass, Strict, load_yaml
+from inferplane.config import (
+    Backend,
+    Config,
+    ConfigError,
+    GatewaySettings,
+    SloClass,
+    Strict,
+    load_config,
+    load_yaml,
+)
 from inferplane.config._schema import DEFAULT_SLO_CLASSES, Name
 from inferplane.engines import EngineLimits
 from inferplane.perf import PerfModel, get_gpu, get_model, get_storage
@@ -163,6 +172,11 @@ class OutputSpec(Strict):
 
 class Scenario(Strict):
     seed: int = 0
+    # A gateway config file (relative to the scenario) whose policy sections the twin
+    # uses where the scenario gives none: SLO classes, aging, tenant weights, gateway
+    # settings, and each model's routing and fallback (backends' max_concurrency and
+    # max_tokens_in_flight too, when they are numbers and the counts match).
+    policies_from: Path | None = None
     models: dict[Name, SimModel] = Field(min_length=1)
     slo_classes: dict[Name, SloClass] = Field(default_factory=lambda: dict(DEFAULT_SLO_CLASSES))
     default_slo_class: Name = "interactive"
@@ -171,6 +185,21 @@ class Scenario(Strict):
     gateway: GatewaySettings = GatewaySettings()
     workload: WorkloadSpec
     output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policies_from(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or data.get("policies_from") is None:
+            return data
+        path = Path(str(data["policies_from"]))
+        base = (info.context or {}).get("base_dir")
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            raise ValueError(f"policies_from: {exc}") from None
+        return _with_policies(data, config)
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -206,4 +235,51 @@ class Scenario(Strict):
 
 def load_scenario(path: Path) -> Scenario:
     """The scenario at ``path``; `ConfigError` says which line is wrong and why."""
-    return load_yaml(path, Scenario, what="scenario")
+    return load_yaml(path, Scenario, what="scenario", context={"base_dir": path.parent})
+
+
+def _with_policies(data: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The scenario's own keys, completed from a gateway config."""
+    out = dict(data)
+    defaults = {
+        "slo_classes": {n: c.model_dump() for n, c in config.slo_classes.items()},
+        "default_slo_class": config.default_slo_class,
+        "queue_aging_s": config.queue_aging_s,
+        "gateway": config.gateway.model_dump(),
+        "tenants": {n: {"weight": t.weight} for n, t in config.tenants.items()},
+    }
+    for key, value in defaults.items():
+        out.setdefault(key, value)
+    models = {}
+    for name, model in dict(out.get("models") or {}).items():
+        live = config.models.get(name)
+        if live is None or not isinstance(model, dict):
+            models[name] = model
+            continue
+        model = {"routing": str(live.routing), "fallback": list(live.fallback), **model}
+        groups = model.get("replicas")
+        if isinstance(groups, list) and sum(g.get("count", 1) for g in groups) == len(
+            live.backends
+        ):
+            model["replicas"] = _with_limits(groups, live.backends)
+        models[name] = model
+    out["models"] = models
+    return out
+
+
+def _with_limits(groups: list[dict[str, Any]], backends: list[Backend]) -> list[dict[str, Any]]:
+    """Replica groups given the gateway's per-backend limits, in order, where the group
+    sets none and the backends of the group agree on a number."""
+    out, i = [], 0
+    for group in groups:
+        mine = backends[i : i + group.get("count", 1)]
+        i += len(mine)
+        group = dict(group)
+        for key in ("max_concurrency", "max_tokens_in_flight"):
+            values = {getattr(b, key) for b in mine}
+            if key not in group and len(values) == 1:
+                value = values.pop()
+                if isinstance(value, int):
+                    group[key] = value
+        out.append(group)
+    return out
