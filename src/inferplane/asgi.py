@@ -4,8 +4,10 @@ The gateway's hot path is a handful of fixed paths, so a dict lookup replaces
 a regex router, and the error handling and ``x-request-id`` live in one
 frame instead of four nested middlewares. Handlers take a Starlette
 ``Request`` and return a Starlette ``Response``, so they stay ordinary.
-Guarantees: every HTTP response carries ``x-request-id`` (the client's own
-when sane, else a new one); every failure is an OpenAI error body, never a
+Guarantees: every HTTP response carries ``x-request-id``, new for each request
+(the ledger's key and the budgets' hold id, so it must be unique: a client's id
+is not), and echoes the client's own id, when it sent a sane one, as
+``x-client-request-id``; every failure is an OpenAI error body, never a
 traceback.
 """
 
@@ -23,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from inferplane.wire import OpenAIError
 
-__all__ = ["EventStreamResponse", "Handler", "JsonApp", "error_response", "request_id"]
+__all__ = ["EventStreamResponse", "Handler", "JsonApp", "error_response"]
 
 log = logging.getLogger("inferplane")
 
@@ -31,16 +33,22 @@ Handler = Callable[[Request], Awaitable[Response]]
 Hook = Callable[[], Awaitable[None]]
 
 _MAX_ID = 128
+_CLIENT_ID_HEADERS = (b"x-client-request-id", b"x-request-id")
 
 
-def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The client's ``x-request-id`` when it is short printable ASCII, else a fresh one."""
-    for name, value in headers:
-        if name == b"x-request-id":
-            if 0 < len(value) <= _MAX_ID and value.isascii() and value.decode().isprintable():
-                return value
-            break
+def request_id() -> bytes:
+    """A fresh request id: 32 hex digits."""
     return os.urandom(16).hex().encode()
+
+
+def client_request_id(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The client's own id (``x-client-request-id``, else ``x-request-id``) when it is
+    short printable ASCII; None when absent or not."""
+    found = {name: value for name, value in headers if name in _CLIENT_ID_HEADERS}
+    given = found.get(b"x-client-request-id") or found.get(b"x-request-id")
+    if given and len(given) <= _MAX_ID and given.isascii() and given.decode().isprintable():
+        return given
+    return None
 
 
 def error_response(exc: OpenAIError) -> Response:
@@ -137,8 +145,12 @@ class JsonApp:
             await self._lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = request_id(scope["headers"])
-        scope["state"] = {"request_id": rid.decode()}
+        rid = request_id()
+        client_rid = client_request_id(scope["headers"])
+        scope["state"] = {
+            "request_id": rid.decode(),
+            "client_request_id": client_rid and client_rid.decode(),
+        }
         try:
             by_method = self._routes.get(scope["path"])
             if by_method is None:
@@ -161,6 +173,8 @@ class JsonApp:
                 OpenAIError(500, "Internal error; see the server log.", "internal_error")
             )
         response.raw_headers.append((b"x-request-id", rid))
+        if client_rid is not None:
+            response.raw_headers.append((b"x-client-request-id", client_rid))
         await response(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

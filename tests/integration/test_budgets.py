@@ -149,6 +149,42 @@ def test_200_concurrent_requests_against_a_budget_that_fits_50(
     assert sum(r["calls"] for r in rows) == 50
 
 
+def test_requests_reusing_a_client_request_id_are_each_held_and_recorded(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    """A client's id need not be unique (retries, trace ids): were it the hold id,
+    concurrent requests would replace each other's holds and overrun the budget, and
+    the ledger would keep one row of many."""
+    gateway = start_gateway([replica.url], tenant_a="budget: {calls: 10}")
+
+    async def storm() -> tuple[list[str], int]:
+        async with openai.AsyncOpenAI(
+            base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=30
+        ) as api:
+            results = await asyncio.gather(
+                *(
+                    api.chat.completions.create(
+                        model=MODEL,
+                        messages=HI,
+                        max_tokens=4,
+                        extra_headers={"X-Request-Id": "retry-of-42"},
+                    )
+                    for _ in range(40)
+                ),
+                return_exceptions=True,
+            )
+        answered = [r._request_id for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+        return [rid for rid in answered if rid], len(refused)
+
+    answered, refused = asyncio.run(storm())
+    assert (len(answered), refused) == (10, 30)
+    rows = ledger_rows(gateway, expected=10)
+    assert len(rows) == 10
+    assert {r["request_id"] for r in rows} == set(answered)
+    assert {r["client_request_id"] for r in rows} == {"retry-of-42"}
+
+
 def test_spend_survives_kill_9(
     replica: launcher.Child, start_gateway: StartGateway, database_url: str | None
 ) -> None:

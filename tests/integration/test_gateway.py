@@ -188,9 +188,17 @@ def test_every_response_carries_a_request_id(fleet: Gateway) -> None:
     ok = httpx.get(fleet.url + "/health")
     refused = httpx.get(fleet.url + "/v1/models")
     echoed = httpx.get(fleet.url + "/health", headers={"x-request-id": "trace-42"})
+    preferred = httpx.get(
+        fleet.url + "/health",
+        headers={"x-request-id": "trace-42", "x-client-request-id": "mine-7"},
+    )
     assert re.fullmatch(r"[0-9a-f]{32}", ok.headers["x-request-id"])
+    assert "x-client-request-id" not in ok.headers
     assert refused.status_code == 401 and refused.headers["x-request-id"]
-    assert echoed.headers["x-request-id"] == "trace-42"
+    # The client's id is echoed beside the gateway's, which stays unique.
+    assert echoed.headers["x-client-request-id"] == "trace-42"
+    assert re.fullmatch(r"[0-9a-f]{32}", echoed.headers["x-request-id"])
+    assert preferred.headers["x-client-request-id"] == "mine-7"
 
 
 def test_gateway_metrics_use_genai_names(fleet: Gateway) -> None:

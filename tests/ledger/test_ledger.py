@@ -121,7 +121,7 @@ async def test_reopening_keeps_data_and_schema_version(database: Database) -> No
     second.close()
     assert [r[0] for r in rows(database)] == ["r1", "r2"]
     with contextlib.closing(database.connect()) as db:
-        assert migrate(db, database) == SCHEMA_VERSION == 4
+        assert migrate(db, database) == SCHEMA_VERSION == 5
 
 
 async def test_spend_is_counted_per_scope_and_hour_with_the_events(database: Database) -> None:

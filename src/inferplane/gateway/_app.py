@@ -265,6 +265,7 @@ class Gateway:
         class_config = self.config.slo_classes[slo_class]
         exchange = Exchange(
             request_id=request_id,
+            client_request_id=request.scope["state"]["client_request_id"],
             principal=principal,
             model=model,
             operation=operation,

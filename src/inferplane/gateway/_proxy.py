@@ -131,7 +131,7 @@ class ModelRoute:
 class Exchange:
     """One forwarded request: who asked, and what the gateway learned as it went."""
 
-    request_id: str
+    request_id: str  # the gateway's, unique
     principal: Principal
     model: str
     operation: str
@@ -166,6 +166,7 @@ class Exchange:
     retries: int = 0
     ttft_s: float | None = None
     error_type: str | None = None
+    client_request_id: str | None = None  # the client's own id, if it sent one
     charge_held: bool = False  # cut before its usage was known: charge the worst case held
     settled: bool = False
 
@@ -244,6 +245,7 @@ class Proxy:
                 finish_reason=ex.finish_reason,
                 retries=ex.retries,
                 slo_class=ex.slo_class,
+                client_request_id=ex.client_request_id,
             ),
             charge,
         )

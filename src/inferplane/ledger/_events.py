@@ -32,3 +32,4 @@ class UsageEvent:
     finish_reason: str | None = None  # stop, length, ... as the answer ended
     retries: int = 0  # attempts on other backends after the first failed
     slo_class: str | None = None
+    client_request_id: str | None = None  # the client's own id for it, if it sent one

@@ -189,12 +189,13 @@ def event_rows(
     Keys, in this order: request_id, time (ISO-8601 UTC with microseconds), tenant, key,
     workflow, run, model, backend, slo_class, status, input_tokens, output_tokens,
     cached_tokens, cost_usd (a decimal string), ttft_s, duration_s, retries,
-    finish_reason; unknown values are None. The twin replays this export as a trace.
+    finish_reason, client_request_id; unknown values are None. The twin replays this
+    export as a trace.
     """
     columns = (
         "request_id, time, tenant, key_name, workflow, run, model, backend, slo_class, status, "
         "input_tokens, output_tokens, cached_tokens, cost_micros, ttft_s, duration_s, retries, "
-        "finish_reason"
+        "finish_reason, client_request_id"
     )
     keys = [{"key_name": "key", "cost_micros": "cost_usd"}.get(c, c) for c in columns.split(", ")]
     where, params = _filters(start, end, None)

@@ -112,6 +112,11 @@ _MIGRATIONS = (
             FROM usage_events WHERE run IS NOT NULL
         ) AS spend GROUP BY scope, hour
     """,
+    # request_id is the gateway's own (unique) id; the client's id, which need not be
+    # unique, is kept beside it.
+    """
+    ALTER TABLE usage_events ADD COLUMN client_request_id TEXT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Any constant: PostgreSQL processes starting together take turns to migrate.
