@@ -98,7 +98,9 @@ amounts = st.builds(
     input_tokens=st.integers(0, 400),
     output_tokens=st.integers(0, 400),
     calls=st.integers(0, 2),
+    retries=st.integers(0, 2),
     cost_micros=st.integers(0, 50_000),
+    wall_ms=st.integers(0, 5_000),
 )
 ops = st.lists(
     st.tuples(
