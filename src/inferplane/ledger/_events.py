@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["UsageEvent"]
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
-    """One forwarded request, as it ended. Token counts are None when unknown."""
+class UsageEvent(NamedTuple):
+    """One forwarded request, as it ended. Token counts are None when unknown.
+
+    A named tuple: one is made per request, and it is the database row as it is."""
 
     request_id: str
     time: float  # unix seconds when the request arrived

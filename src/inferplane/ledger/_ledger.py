@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import queue
 import threading
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from inferplane.ledger._db import Database
@@ -43,7 +43,7 @@ class Charge:
     leased: tuple[str, ...] = ()  # the scopes whose lease it consumes
 
 
-_COLUMNS = [f.name for f in fields(UsageEvent)]
+_COLUMNS = UsageEvent._fields
 _INSERT = (
     f"INSERT INTO usage_events ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
@@ -75,7 +75,7 @@ _SPEND_CONFLICT = _ADD_SPEND[_ADD_SPEND.index("ON CONFLICT") :]
 # order of its rows; each process consumes only its own lease rows.
 _COMMIT_ARRAYS = (
     f"WITH events AS (INSERT INTO usage_events ({', '.join(_COLUMNS)}) SELECT * FROM "
-    + _arrays([_array_type(str(f.type)) for f in fields(UsageEvent)])
+    + _arrays([_array_type(str(UsageEvent.__annotations__[c])) for c in _COLUMNS])
     + " ON CONFLICT (request_id) DO NOTHING), "
     + f"spend AS (INSERT INTO budget_spend (scope, hour, {', '.join(_SPEND)}) SELECT * FROM "
     + _arrays(["text", "int8", *("int8" for _ in _SPEND)])
@@ -90,7 +90,6 @@ _COMMIT_ARRAYS = (
 _K = TypeVar("_K")
 _STOP = object()
 log = logging.getLogger("inferplane.ledger")
-_row = operator.attrgetter(*_COLUMNS)  # an event as a row, without astuple's deep copy
 
 
 class SqlLedger:
@@ -161,7 +160,7 @@ class SqlLedger:
             if charge.holder is not None:
                 for scope in charge.leased:
                     _add(consumed, (scope, charge.holder), values)
-        events = [_row(p.event) for p in pending]
+        events = [p.event for p in pending]
         # Sorted, so that concurrent writers lock rows in the same order.
         spent = [(*key, *v[: len(_SPEND)]) for key, v in sorted(spend.items())]
         leased = [(*v, *key) for key, v in sorted(consumed.items())]
@@ -200,7 +199,7 @@ class SqlLedger:
                 log.error("cannot reconnect to the usage ledger: %s", exc)
 
 
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows as one list per column (``width`` columns, also when there is no row)."""
     if not rows:
         return [[] for _ in range(width)]
