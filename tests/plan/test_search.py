@@ -12,7 +12,7 @@ import pytest
 from inferplane.config import ConfigError
 from inferplane.perf import PerfModel, get_gpu, get_model
 from inferplane.plan import GpuOffer, PlanSpec, load_plan, search
-from inferplane.plan._economics import cloud_vs_owned
+from inferplane.plan._economics import cloud_vs_owned, hourly_prices
 from inferplane.plan._estimate import estimate_replica
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,13 +92,14 @@ def test_break_even_by_hand() -> None:
     # 8 GPUs, cloud 2 $/h each: 11,680 $/month. Owned: 8 x 20,000 up front plus power
     # 8 x 0.5 kW x (0.3 + 0.7 x 0.5) x 730 h x 0.1 $/kWh = 189.8 $/month.
     offer = GpuOffer(on_demand=2.0, capex_usd=20_000, power_kw=0.5, usd_per_kwh=0.1)
-    out = cloud_vs_owned("A100", offer, 8, 0.5, 36)
+    prices = hourly_prices("A100", offer.terms()[None], 8)
+    out = cloud_vs_owned(offer, 8, prices, 0.5, 36)
     assert out is not None
     assert out["cloud_cumulative_usd"][0] == pytest.approx(11_680)
     assert out["owned_cumulative_usd"][0] == pytest.approx(160_000 + 189.8)
     assert out["break_even_month"] == 14  # 160,000 / (11,680 - 189.8) = 13.9
     assert out["owned_monthly_usd"] == pytest.approx(160_000 / 36 + 189.8)  # written off
-    assert cloud_vs_owned("A100", GpuOffer(on_demand=2.0), 8, 0.5, 36) is None
+    assert cloud_vs_owned(GpuOffer(on_demand=2.0), 8, prices, 0.5, 36) is None
 
 
 @pytest.mark.parametrize(

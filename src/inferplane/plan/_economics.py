@@ -11,10 +11,11 @@ only for busy GPU-hours) costs what owning does over the horizon.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from inferplane.perf import get_gpu
-from inferplane.plan._spec import GpuOffer
+from inferplane.plan._spec import GpuOffer, RegionOffer
 
 __all__ = ["HOURS_PER_MONTH", "cloud_vs_owned", "follow_the_day", "hourly_prices"]
 
@@ -22,23 +23,27 @@ HOURS_PER_MONTH = 730.0
 _IDLE_POWER = 0.3  # assumption: share of full power an idle GPU draws
 
 
-def hourly_prices(gpu: str, offer: GpuOffer, gpus: int) -> dict[str, float | None]:
-    """USD per hour for ``gpus`` GPUs of this offer: on demand, reserved, spot."""
-    on_demand = offer.on_demand if offer.on_demand is not None else get_gpu(gpu).price_per_hour
+def hourly_prices(gpu: str, terms: RegionOffer, gpus: int) -> dict[str, float | None]:
+    """USD per hour for ``gpus`` GPUs on these terms: on demand, reserved, spot."""
+    on_demand = terms.on_demand if terms.on_demand is not None else get_gpu(gpu).price_per_hour
     return {
         "on_demand": gpus * on_demand,
-        "reserved": None if offer.reserved is None else gpus * offer.reserved,
-        "spot": None if offer.spot is None else gpus * offer.spot,
+        "reserved": None if terms.reserved is None else gpus * terms.reserved,
+        "spot": None if terms.spot is None else gpus * terms.spot,
     }
 
 
 def cloud_vs_owned(
-    gpu: str, offer: GpuOffer, gpus: int, utilisation: float, months: int
+    offer: GpuOffer,
+    gpus: int,
+    prices: Mapping[str, float | None],
+    utilisation: float,
+    months: int,
 ) -> dict[str, Any] | None:
-    """Cumulative monthly costs over ``months``; None when the offer has no capex."""
+    """Cumulative monthly costs over ``months`` of ``gpus`` owned against renting them at
+    ``prices`` (the fleet's ``hourly_prices``); None when the offer has no capex."""
     if offer.capex_usd is None:
         return None
-    prices = hourly_prices(gpu, offer, gpus)
     hourly = prices["reserved"] if prices["reserved"] is not None else prices["on_demand"]
     assert hourly is not None
     power_kw = gpus * offer.power_kw * (_IDLE_POWER + (1 - _IDLE_POWER) * utilisation)

@@ -19,6 +19,7 @@ __all__ = [
     "CloudVsOwned",
     "CurvePoint",
     "PlanReport",
+    "RegionShare",
     "SloTargets",
     "SpikeRun",
     "count",
@@ -65,14 +66,25 @@ class SloTargets:
 
 
 @dataclass(frozen=True)
+class RegionShare:
+    """The replicas of a configuration in one region; an unnamed region has name ``""``."""
+
+    name: str
+    replicas: int | None
+
+
+@dataclass(frozen=True)
 class Candidate:
-    """One evaluated configuration; ``key`` names it (``H100 x TP1 x 4``)."""
+    """One evaluated configuration; ``key`` names it (``H100 x TP1 x 4``, with its regions
+    where they have names: ``H100 x TP1 x 4 in eu-west, us-east``)."""
 
     key: str
     gpu: str
     tp: int | None
     replicas: int | None
     gpus: int | None
+    regions: list[RegionShare]
+    infeasible_reason: str  # why it cannot be had (a quota, max_gpus); "" when it can
     meets_slo: bool
     source: str
     ttft_p99_s: dict[str, float | None]
@@ -84,6 +96,17 @@ class Candidate:
     usd_per_request: float | None
     bottleneck: str
     bottleneck_reason: str
+
+    @property
+    def passes(self) -> bool:
+        """Meets every SLO and can be had."""
+        return self.meets_slo and not self.infeasible_reason
+
+    def where(self) -> str:
+        """Replicas per named region: ``eu-west 4 · us-east 4``; "" when none is named."""
+        return " · ".join(
+            f"{share.name} {count(share.replicas)}" for share in self.regions if share.name
+        )
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,8 @@ class PlanReport:
     average_rps: float | None
     spike_factor: float | None
     slos: dict[str, SloTargets]
+    allowed_regions: list[str]  # the plan's allow-list; empty: any region
+    min_regions: int | None
     candidates: list[Candidate]
     best: Candidate | None
     runner_up_by_gpu: dict[str, Candidate]
@@ -133,7 +158,8 @@ class PlanReport:
     skipped: list[str]  # GPU and TP pairs never evaluated, each with why: "L4 x TP1: ..."
 
     def decision_rows(self) -> list[tuple[str, Candidate]]:
-        """The best configuration, then the runner-up on each GPU type (by name), each
+        """The best configuration, the runner-up on each GPU type (by name), then on each
+        GPU type with none, the cheapest that meets the SLOs but a quota stops; each
         configuration once: the decision table's rows."""
         rows: list[tuple[str, Candidate]] = []
         if self.best is not None:
@@ -144,7 +170,18 @@ class PlanReport:
             if candidate.key not in seen:
                 rows.append((f"Runner-up on {gpu}", candidate))
                 seen.add(candidate.key)
+        for gpu, candidate in sorted(self.beyond_quota_by_gpu().items()):
+            if gpu not in self.runner_up_by_gpu:
+                rows.append((f"Beyond quota on {gpu}", candidate))
         return rows
+
+    def beyond_quota_by_gpu(self) -> dict[str, Candidate]:
+        """Per GPU type, the cheapest configuration that meets the SLOs but cannot be had."""
+        cheapest: dict[str, Candidate] = {}
+        blocked = [c for c in self.candidates if c.meets_slo and not c.passes]
+        for c in sorted(blocked, key=lambda c: c.usd_per_hour.get("on_demand") or math.inf):
+            cheapest.setdefault(c.gpu, c)
+        return cheapest
 
     def ttft_slo(self) -> tuple[str, float] | None:
         """The strictest P99 TTFT target and its class: the line the curves must stay under."""
@@ -177,14 +214,40 @@ class PlanReport:
     def num_meeting_slo(self) -> int:
         return sum(candidate.meets_slo for candidate in self.candidates)
 
+    def num_passing(self) -> int:
+        """Those that meet the SLOs and can be had."""
+        return sum(candidate.passes for candidate in self.candidates)
+
     def tally(self) -> str:
-        """``144 configurations evaluated, 61 meet the SLOs``."""
-        evaluated = len(self.candidates)
-        return f"{evaluated} configurations evaluated, {self.num_meeting_slo()} meet the SLOs"
+        """``144 configurations evaluated, 61 meet the SLOs`` (``, 3 of them beyond a
+        quota`` when some cannot be had)."""
+        meeting = self.num_meeting_slo()
+        text = f"{len(self.candidates)} configurations evaluated, {meeting} meet the SLOs"
+        blocked = meeting - self.num_passing()
+        return text + (f", {blocked} of them beyond a quota" if blocked else "")
+
+    def no_solution(self) -> str:
+        """The headline when nothing passes: SLOs missed, or quotas in the way."""
+        if any(c.meets_slo for c in self.candidates):
+            return "No configuration that meets the SLOs fits the quotas"
+        return "No configuration meets the SLOs"
+
+    def shows_regions(self) -> bool:
+        """Whether any configuration names its regions or cannot be had: the tables'
+        Regions column."""
+        return any(c.where() or c.infeasible_reason for c in [*self.candidates, *self.closest])
+
+    def spread(self) -> list[str]:
+        """The plan's region constraints in words, for the header; empty when it has none."""
+        facts = [f"regions {', '.join(self.allowed_regions)}"] if self.allowed_regions else []
+        if self.min_regions is not None and self.min_regions > 1:
+            facts.append(f"spread over {self.min_regions} regions, any one may be lost")
+        return facts
 
     def misses(self, candidate: Candidate) -> list[str]:
-        """What a candidate fails, in words: ``interactive P99 TTFT 820 ms (target 500 ms)``."""
-        found = []
+        """What a candidate fails, in words: ``interactive P99 TTFT 820 ms (target 500 ms)``,
+        ``needs 12 H100 in eu-west, quota 8``."""
+        found = [candidate.infeasible_reason] if candidate.infeasible_reason else []
         for name, slo in self.slos.items():
             for what, target, measured in (
                 ("P99 TTFT", slo.ttft_p99_s, candidate.ttft_p99_s.get(name)),
@@ -221,6 +284,11 @@ def _candidate(raw: Any) -> Candidate | None:
         tp=_int(data.get("tp")),
         replicas=_int(data.get("replicas")),
         gpus=_int(data.get("gpus")),
+        regions=[
+            RegionShare(_str(share.get("region")), _int(share.get("replicas")))
+            for share in map(_map, _seq(data.get("regions")))
+        ],
+        infeasible_reason=_str(data.get("infeasible_reason")),
         meets_slo=data.get("meets_slo") is True,
         source=_str(data.get("source")),
         ttft_p99_s=_floats(data.get("ttft_p99_s")),
@@ -315,6 +383,8 @@ def read_result(result: Mapping[str, Any]) -> PlanReport:
         average_rps=_float(workload.get("average_rps")),
         spike_factor=_float(workload.get("spike_factor")),
         slos=slos,
+        allowed_regions=[str(name) for name in _seq(plan.get("regions"))],
+        min_regions=_int(plan.get("min_regions")),
         candidates=_candidates(result.get("candidates")),
         best=_candidate(result.get("best")),
         runner_up_by_gpu={gpu: c for gpu, c in runner_ups.items() if c is not None},

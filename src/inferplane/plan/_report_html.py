@@ -190,11 +190,20 @@ def _prices(candidate: Candidate) -> str:
     return _esc(usd(candidate.usd_per_hour.get("on_demand"))) + small
 
 
+def _regions(candidate: Candidate) -> str:
+    """Replicas per region, and in red why the configuration cannot be had."""
+    reason = candidate.infeasible_reason
+    blocked = f'<small class="miss">{_esc(reason)}</small>' if reason else ""
+    return f"{_esc(candidate.where()) or '—'}{blocked}"
+
+
 def _candidate_rows(
     report: PlanReport, rows: list[tuple[str, Candidate]], *, verdicts: bool = False
 ) -> str:
     classes = report.class_names()
+    regions = report.shows_regions()
     head = ["<th></th>" if not verdicts else "<th>Meets SLOs</th>", "<th>Configuration</th>"]
+    head += ["<th>Regions<small>replicas in each</small></th>"] if regions else []
     head += ['<th class="num">GPUs</th>', '<th class="num">$/h on demand</th>']
     head += ['<th class="num">$/1M tokens</th>', '<th class="num">$/request</th>']
     head += ["<th>Utilisation at peak</th>"]
@@ -207,6 +216,7 @@ def _candidate_rows(
         cells = [
             f"<td>{_esc(role)}</td>",
             f'<td class="nw"><strong>{_esc(c.key)}</strong>{source}</td>',
+            *([f'<td class="why">{_regions(c)}</td>'] if regions else []),
             f'<td class="num nw">{count(c.gpus)}{shape}</td>',
             f'<td class="num">{_prices(c)}</td>',
             f'<td class="num nw">{_esc(usd(c.usd_per_1m_tokens))}</td>',
@@ -231,6 +241,7 @@ def _header(report: PlanReport) -> str:
     ]
     if report.spike_factor is not None:
         facts.append(f"spike ×{count(report.spike_factor)}")
+    facts += [_esc(fact) for fact in report.spread()]
     facts.append(report.tally())
     chips = []
     for name, slo in report.slos.items():
@@ -263,13 +274,14 @@ def _verdict(report: PlanReport) -> str:
         headline = f"Closest: {_esc(report.closest[0].key)}" if report.closest else "No candidates"
         return (
             '<section class="card verdict fail" id="verdict"><div>'
-            '<div class="label">No configuration meets the SLOs</div>'
+            f'<div class="label">{report.no_solution()}</div>'
             f'<div class="config">{headline}</div>{listed}</div></section>'
         )
     kpis = [
         _kpi("$ per 1M tokens", usd(best.usd_per_1m_tokens)),
         _kpi("$ per request", usd(best.usd_per_request)),
         _kpi("GPUs", count(best.gpus)),
+        *([_kpi("replicas by region", best.where())] if best.where() else []),
         _kpi("$ per hour on demand", usd(best.usd_per_hour.get("on_demand"))),
         _kpi("utilisation at peak", percent(best.utilisation)),
         _kpi("utilisation target", percent(report.utilisation_target)),
@@ -296,7 +308,10 @@ def _decision(report: PlanReport) -> str:
         title, note = "Closest candidates", "Numbers in red miss their SLO."
     else:
         rows = report.decision_rows()
-        title, note = "Decision", "The best configuration and the runner-up on each GPU type."
+        title, note = "Decision", "The best configuration and the runner-up on each GPU type"
+        if report.beyond_quota_by_gpu().keys() - report.runner_up_by_gpu.keys():
+            note += "; where a quota stops a GPU type, its cheapest fleet meeting the SLOs"
+        note += "."
     skipped = ""
     if report.skipped:
         skipped = f'<p class="caption">Not evaluated: {_esc("; ".join(report.skipped))}.</p>'
@@ -368,11 +383,12 @@ def _plot_cards(report: PlanReport, present: Mapping[str, Any]) -> str:
         cards.append(_plot_card("fig-economics", "Cloud vs owned", f"{verdict}."))
     if "fig-cost" in present:
         bars = cost_bars(report)
-        meeting = report.num_meeting_slo()
+        passing = report.num_passing()
+        within = " within the quotas" if passing < report.num_meeting_slo() else ""
         which = (
-            f"The {len(bars)} cheapest of the {meeting} configurations that meet every SLO"
-            if meeting
-            else f"The {len(bars)} closest candidates (none meets every SLO)"
+            f"The {len(bars)} cheapest of the {passing} configurations that meet every SLO{within}"
+            if passing
+            else f"The {len(bars)} closest candidates (none meets every SLO{within})"
         )
         cards.append(
             _plot_card(
@@ -391,9 +407,9 @@ def _all_candidates(report: PlanReport) -> str:
         return ""
     ordered = sorted(
         report.candidates,
-        key=lambda c: (not c.meets_slo, c.usd_per_1m_tokens or math.inf, c.key),
+        key=lambda c: (not c.passes, c.usd_per_1m_tokens or math.inf, c.key),
     )
-    rows = [("✓" if c.meets_slo else "✗", c) for c in ordered]
+    rows = [("✓" if c.passes else "✓ beyond quota" if c.meets_slo else "✗", c) for c in ordered]
     return (
         f'<section class="card"><details><summary>All {len(rows)} configurations evaluated'
         f"</summary>{_candidate_rows(report, rows, verdicts=True)}</details></section>"

@@ -43,12 +43,22 @@ def _bottleneck(candidate: Candidate) -> str:
     return f"{words} ({_md(candidate.bottleneck_reason)})" if candidate.bottleneck_reason else words
 
 
+def _regions(candidate: Candidate, *, why: bool) -> str:
+    """Replicas per region; ``why``: and why the configuration cannot be had."""
+    where = _md(candidate.where()) or "—"
+    reason = candidate.infeasible_reason
+    return f"{where} (**{_md(reason)}**)" if why and reason else where
+
+
 def _candidate_table(
     report: PlanReport, rows: list[tuple[str, Candidate]], *, misses: bool = False
 ) -> list[str]:
-    """One row per candidate; ``misses`` adds a last column saying which SLOs it fails."""
+    """One row per candidate; ``misses`` adds a last column saying which SLOs it fails
+    (and, instead of the regions column, which quota it exceeds)."""
     classes = report.class_names()
-    header = ["", "configuration", "GPUs", "$/h on demand", "$/1M tokens", "$/request"]
+    regions = report.shows_regions()
+    header = ["", "configuration", *(["regions (replicas in each)"] if regions else [])]
+    header += ["GPUs", "$/h on demand", "$/1M tokens", "$/request"]
     header += ["utilisation", *(f"{_md(name)} P99 TTFT · e2e · attained" for name in classes)]
     header += ["bottleneck", "misses"] if misses else ["bottleneck"]
     body = []
@@ -56,9 +66,9 @@ def _candidate_table(
         cells = [
             _md(role),
             f"**{_md(c.key)}**",
-            count(c.gpus),
-            usd(c.usd_per_hour.get("on_demand")),
+            *([_regions(c, why=not misses)] if regions else []),
         ]
+        cells += [count(c.gpus), usd(c.usd_per_hour.get("on_demand"))]
         cells += [usd(c.usd_per_1m_tokens), usd(c.usd_per_request), percent(c.utilisation)]
         cells += [report.class_cell(c, name) for name in classes]
         cells.append(_bottleneck(c))
@@ -76,6 +86,7 @@ def _header(report: PlanReport) -> list[str]:
     facts.append(f"**average** {count(report.average_rps, 'req/s')}")
     if report.spike_factor is not None:
         facts.append(f"**spike** ×{count(report.spike_factor)}")
+    facts += [_md(fact) for fact in report.spread()]
     facts.append(report.tally())
     lines = [f"# Capacity plan: {_md(report.name)}", "", " · ".join(facts), ""]
     if report.slos:
@@ -96,7 +107,7 @@ def _decision(report: PlanReport) -> list[str]:
     lines = ["## Decision", ""]
     best = report.best
     if best is None:
-        lines += ["**No configuration meets the SLOs.**", ""]
+        lines += [f"**{report.no_solution()}.**", ""]
         if not report.closest:
             return lines
         lines += ["The closest candidates, and what each misses:", ""]
@@ -110,7 +121,8 @@ def _decision(report: PlanReport) -> list[str]:
     lines += [
         f"**Run {_md(best.key)}**: {count(best.gpus)} GPUs ({prices}), "
         f"{usd(best.usd_per_1m_tokens)} per 1M tokens, {usd(best.usd_per_request)} per request, "
-        f"{percent(best.utilisation)} utilisation at peak; bottleneck: {_bottleneck(best)}.",
+        f"{percent(best.utilisation)} utilisation at peak; bottleneck: {_bottleneck(best)}."
+        + (f" Replicas by region: {_md(best.where())}." if best.where() else ""),
         "",
     ]
     return lines + _candidate_table(report, report.decision_rows()) + [""]

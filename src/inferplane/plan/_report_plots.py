@@ -316,8 +316,9 @@ def _economics_figure(report: PlanReport) -> dict[str, Any] | None:
 
 
 def cost_bars(report: PlanReport) -> list[Candidate]:
-    """The configurations worth a bar: the cheapest that meet the SLOs, else the closest."""
-    pool = [c for c in report.candidates if c.meets_slo] or list(report.closest)
+    """The configurations worth a bar: the cheapest that meet the SLOs and can be had,
+    else the closest."""
+    pool = [c for c in report.candidates if c.passes] or list(report.closest)
     priced = sorted(
         (c for c in pool if c.usd_per_1m_tokens is not None and math.isfinite(c.usd_per_1m_tokens)),
         key=lambda c: (c.usd_per_1m_tokens, c.key),

@@ -8,8 +8,11 @@ could carry the peak at all (capacity x replicas >= peak) is where the twin
 starts: it grows the count by a quarter until the SLOs hold at the peak, then
 bisects down to the fewest that pass. Utilisation is load over that measured
 capacity (a continuous-batching engine is "busy" with one request, so its busy
-time says little). The cheapest passing fleet wins; the curves, the spike test
-and the economics are then worked out for the winners.
+time says little). Each fleet the twin tried is then placed in regions
+(``_placement``: prices, quotas, spare replicas for a lost region); the cheapest
+passing fleet that can be had wins; the curves, the spike test and the economics
+are then worked out for the winners, the twin's runs on the replicas that carry
+the peak.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from dataclasses import replace
 from typing import Any
 
 from inferplane.perf import PerfModel, get_gpu, get_model
-from inferplane.plan._economics import cloud_vs_owned, follow_the_day, hourly_prices
+from inferplane.plan._economics import cloud_vs_owned, follow_the_day
 from inferplane.plan._estimate import ReplicaEstimate, estimate_replica, mean_length
 from inferplane.plan._evaluate import Fleet, Outcome, evaluate
+from inferplane.plan._placement import place, unplaceable
 from inferplane.plan._spec import PlanSpec
 
 __all__ = ["search"]
@@ -122,6 +126,9 @@ def search(
     skipped: list[dict[str, Any]] = []
     for gpu in spec.gpus:
         for tp in spec.tensor_parallel:
+            if (reason := unplaceable(spec, gpu)) is not None:
+                skipped.append({"gpu": gpu, "tp": tp, "reason": reason})
+                continue
             try:
                 perf = PerfModel(get_gpu(gpu), model, tp)
             except ValueError as exc:
@@ -149,9 +156,15 @@ def search(
             len(capacity),
             steps,
         )
-    candidates = [_candidate(spec, o, estimates, capacity) for o in outcomes]
+    candidates = _one_per_fleet([_candidate(spec, o, estimates, capacity) for o in outcomes])
     passing = sorted(
-        (c for c in candidates if c["meets_slo"] and c["load_rps"] == spec.workload.peak_rps),
+        (
+            c
+            for c in candidates
+            if c["meets_slo"]
+            and c["infeasible_reason"] is None
+            and c["load_rps"] == spec.workload.peak_rps
+        ),
         key=lambda c: (c["usd_per_hour"]["on_demand"], c["gpus"], c["key"]),
     )
     best = passing[0] if passing else None
@@ -163,11 +176,11 @@ def search(
     curves: dict[str, list[dict[str, Any]]] = {}
     finalists = list(runner_up.values()) or closest[:1]
     say(f"utilisation curves of {len(finalists)} fleets", len(tasks), steps)
-    fleets = [Fleet(c["gpu"], c["tp"], c["replicas"]) for c in finalists]
-    for fleet, points in zip(
-        fleets, _parallel(_curve, [(spec, f) for f in fleets], workers), strict=True
+    fleets = [_twin_fleet(c) for c in finalists]
+    for c, points in zip(
+        finalists, _parallel(_curve, [(spec, f) for f in fleets], workers), strict=True
     ):
-        curves[fleet.key] = [
+        curves[c["key"]] = [
             {
                 "utilisation": _utilisation(o, capacity),
                 "load_rps": o.load_rps,
@@ -186,7 +199,7 @@ def search(
             # A spike multiplies the load, and about so the busy fraction.
             utilisation_target = max(ok) / spec.workload.spike_factor
         say("spike test, with and without autoscaling", len(tasks) + 1, steps)
-        fleet = Fleet(best["gpu"], best["tp"], best["replicas"])
+        fleet = _twin_fleet(best)
         fixed, scaled = _parallel(_spike, [(spec, fleet, False), (spec, fleet, True)], workers)
         spike_test = {
             "without_autoscaling": _spike_view(fixed),
@@ -194,7 +207,11 @@ def search(
         }
         average_busy = best["utilisation"] * spec.workload.average_rps / spec.workload.peak_rps
         economics = cloud_vs_owned(
-            best["gpu"], spec.gpus[best["gpu"]], best["gpus"], average_busy, spec.horizon_months
+            spec.gpus[best["gpu"]],
+            best["gpus"],
+            best["usd_per_hour"],
+            average_busy,
+            spec.horizon_months,
         )
         monthly = follow_the_day(
             best["replicas"],
@@ -215,6 +232,8 @@ def search(
                 "mean_output_tokens": output,
             },
             "slos": {n: s.model_dump(exclude={"share"}) for n, s in spec.slos.items()},
+            "regions": spec.regions,
+            "min_regions": spec.min_regions,
         },
         "skipped": skipped,
         "candidates": candidates,
@@ -246,32 +265,39 @@ def _candidate(
     estimates: dict[tuple[str, int], ReplicaEstimate],
     capacity: dict[tuple[str, int], float],
 ) -> dict[str, Any]:
+    """The twin's fleet ``o`` as bought: placed in regions, priced, its SLOs judged."""
     f = o.fleet
     est = estimates[(f.gpu, f.tp)]
-    prices = hourly_prices(f.gpu, spec.gpus[f.gpu], f.gpus)
+    placed = place(spec, f.gpu, f.tp, f.replicas)
+    prices = placed.usd_per_hour
     hourly = prices["on_demand"]
     assert hourly is not None
-    utilisation = _utilisation(o, capacity)
+    at_peak = _utilisation(o, capacity)  # of the replicas the twin ran
     bottleneck, reason = est.bottleneck, est.reason
-    if o.meets_slo and utilisation < _QUEUEING:
+    if o.meets_slo and at_peak < _QUEUEING:
         bottleneck = "queueing"
         reason = (
-            f"the latency targets hold only at {utilisation:.0%} of capacity: requests "
+            f"the latency targets hold only at {at_peak:.0%} of capacity: requests "
             "would wait for a batch slot or a prefill"
         )
     return {
-        "key": f.key,
+        "key": placed.key,
         "gpu": f.gpu,
         "tp": f.tp,
-        "replicas": f.replicas,
-        "gpus": f.gpus,
+        "replicas": placed.replicas,
+        "gpus": placed.gpus,
+        # What carries the peak (the twin's fleet); the rest stands in for a lost region.
+        "replicas_at_peak": f.replicas,
+        "regions": placed.regions(),
+        "infeasible_reason": placed.shortfall,
         "load_rps": o.load_rps,
         "meets_slo": o.meets_slo,
         "source": "twin",
         "ttft_p99_s": o.ttft_p99_s,
         "e2e_p99_s": o.e2e_p99_s,
         "attainment": o.attainment,
-        "utilisation": utilisation,
+        # Of the fleet as bought, every region up.
+        "utilisation": o.load_rps / (placed.replicas * capacity[(f.gpu, f.tp)]),
         "busy_fraction": o.utilisation,
         "estimated_replica_rps": est.rps,
         "measured_replica_rps": capacity[(f.gpu, f.tp)],
@@ -283,14 +309,32 @@ def _candidate(
     }
 
 
+def _one_per_fleet(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One candidate per fleet as bought. Rounding up per region can place two of the
+    twin's fleets alike (R = 3 and R = 4 over three regions: 2 in each); the bought fleet
+    meets the SLOs when either did."""
+    kept: dict[str, dict[str, Any]] = {}
+    for c in candidates:
+        if c["key"] not in kept or (c["meets_slo"] and not kept[c["key"]]["meets_slo"]):
+            kept[c["key"]] = c
+    return list(kept.values())
+
+
+def _twin_fleet(c: dict[str, Any]) -> Fleet:
+    """The replicas the twin ran for a candidate: those that carry the peak."""
+    return Fleet(c["gpu"], c["tp"], c["replicas_at_peak"])
+
+
 def _worst(values: dict[str, float | None]) -> float | None:
     known = [v for v in values.values() if v is not None]
     return max(known) if known else None
 
 
-def _miss(c: dict[str, Any]) -> tuple[float, float]:
-    """How far a fleet is from passing: its worst TTFT, then its cost."""
-    return (_worst(c["ttft_p99_s"]) or math.inf, c["usd_per_hour"]["on_demand"])
+def _miss(c: dict[str, Any]) -> tuple[bool, float, float]:
+    """How far a fleet is from passing: one that meets the SLOs (and only a quota stops)
+    first, then its worst TTFT, then its cost."""
+    worst = 0.0 if c["meets_slo"] else _worst(c["ttft_p99_s"]) or math.inf
+    return (not c["meets_slo"], worst, c["usd_per_hour"]["on_demand"])
 
 
 def _spike_view(o: Outcome) -> dict[str, Any]:

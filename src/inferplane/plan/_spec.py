@@ -3,16 +3,17 @@ from with its prices; one YAML file, every key checked."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from inferplane.config import Strict, load_yaml
 from inferplane.perf import get_gpu, get_model
 from inferplane.twin._lengths import LengthSpec
 
-__all__ = ["ClassSlo", "GpuOffer", "PlanSpec", "PlanWorkload", "load_plan"]
+__all__ = ["ClassSlo", "GpuOffer", "PlanSpec", "PlanWorkload", "RegionOffer", "load_plan"]
 
 
 class ClassSlo(Strict):
@@ -72,18 +73,44 @@ class PlanWorkload(Strict):
         return self
 
 
-class GpuOffer(Strict):
-    """One GPU type and what an hour of it costs (per GPU): in the cloud and owned."""
+class RegionOffer(Strict):
+    """A GPU type's terms in one region: an hour of it (per GPU) and how many can be had."""
 
     on_demand: float | None = Field(None, ge=0)  # None: the catalogue's price
     reserved: float | None = Field(None, ge=0)
     spot: float | None = Field(None, ge=0)
+    max_gpus: int | None = Field(None, ge=1)  # the quota; None: as many as asked for
+
+
+class GpuOffer(Strict):
+    """One GPU type and what an hour of it costs (per GPU): in the cloud and owned.
+    ``regions`` gives terms per region, each falling back to the offer's own for what it
+    leaves out; without it the offer is one unnamed region on the offer's terms."""
+
+    on_demand: float | None = Field(None, ge=0)  # None: the catalogue's price
+    reserved: float | None = Field(None, ge=0)
+    spot: float | None = Field(None, ge=0)
+    max_gpus: int | None = Field(None, ge=1)  # the quota in each region that sets none
+    regions: dict[str, RegionOffer] | None = Field(None, min_length=1)
     # Owned: purchase per GPU (its share of the server), power and its price, and
     # the months over which it is written off.
     capex_usd: float | None = Field(None, ge=0)
     power_kw: float = Field(0.7, ge=0)
     usd_per_kwh: float = Field(0.12, ge=0)
     amortisation_months: int = Field(36, ge=1, le=120)
+
+    def terms(self) -> dict[str | None, RegionOffer]:
+        """The terms in each region (None names the single region of an offer without
+        ``regions``); what a region leaves out is the offer's."""
+        own = RegionOffer(
+            on_demand=self.on_demand, reserved=self.reserved, spot=self.spot, max_gpus=self.max_gpus
+        )
+        if self.regions is None:
+            return {None: own}
+        return {
+            name: own.model_copy(update=region.model_dump(exclude_unset=True))
+            for name, region in self.regions.items()
+        }
 
 
 class PlanSpec(Strict):
@@ -94,7 +121,11 @@ class PlanSpec(Strict):
     gpus: dict[str, GpuOffer] = Field(min_length=1)
     tensor_parallel: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
     max_replicas: int = Field(64, ge=1, le=4096)
-    max_gpus: int | None = Field(None, ge=1)
+    max_gpus: int | None = Field(None, ge=1)  # of the whole fleet, every region's together
+    # Region names or patterns (``eu-*``) the fleet may run in; None: any offer's region.
+    regions: list[str] | None = Field(None, min_length=1)
+    # Regions the fleet is spread over; from 2, any one of them may be lost at the peak.
+    min_regions: int = Field(1, ge=1)
     max_num_seqs: int = Field(256, ge=1)
     horizon_months: int = Field(36, ge=1, le=120)
     seed: int = 0
@@ -119,6 +150,56 @@ class PlanSpec(Strict):
                 f"tensor_parallel degrees must be powers of two, got {self.tensor_parallel}"
             )
         return self
+
+    # Field validators (not the model's) so that an error points at the key's line; the
+    # fields they read come before theirs and are absent when they failed.
+
+    @field_validator("regions")
+    @classmethod
+    def _regions_offered(cls, regions: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        gpus: dict[str, GpuOffer] | None = info.data.get("gpus")
+        if regions is None or gpus is None:
+            return regions
+        named = sorted({name for offer in gpus.values() for name in offer.terms() if name})
+        unmatched = [p for p in regions if not any(_matches(name, [p]) for name in named)]
+        if unmatched:
+            verb = "matches" if len(unmatched) == 1 else "match"
+            offered = ", ".join(named) or "none, no offer names its regions"
+            raise ValueError(f"{', '.join(unmatched)} {verb} no GPU offer's region ({offered})")
+        return regions
+
+    @field_validator("min_regions")
+    @classmethod
+    def _regions_to_spread_over(cls, num: int, info: ValidationInfo) -> int:
+        gpus: dict[str, GpuOffer] | None = info.data.get("gpus")
+        if gpus is None or "regions" not in info.data:
+            return num
+        # A fleet is of one GPU type, so one offer must have the regions to spread over.
+        regions = info.data["regions"]
+        most = max(len(_allowed_terms(offer, regions)) for offer in gpus.values())
+        if num > most:
+            raise ValueError(
+                f"{num} is more than the regions any GPU offer has"
+                f"{' allowed' if regions else ''} (at most {most})"
+            )
+        return num
+
+    def allowed_terms(self, gpu: str) -> dict[str | None, RegionOffer]:
+        """The offer's terms in the regions the plan allows; with an allow-list, an offer
+        without ``regions`` is in none (where it runs is not known)."""
+        return _allowed_terms(self.gpus[gpu], self.regions)
+
+
+def _allowed_terms(offer: GpuOffer, regions: list[str] | None) -> dict[str | None, RegionOffer]:
+    terms = offer.terms()
+    if regions is None:
+        return terms
+    return {name: t for name, t in terms.items() if name and _matches(name, regions)}
+
+
+def _matches(region: str, patterns: list[str]) -> bool:
+    """Whether ``region`` is one of ``patterns``: names, or shell-style (``eu-*``)."""
+    return any(fnmatchcase(region, pattern) for pattern in patterns)
 
 
 def load_plan(path: Path) -> PlanSpec:
