@@ -205,3 +205,14 @@ async def test_a_failed_write_fails_the_waiters_instead_of_hanging_them(
         with pytest.raises(LedgerWriteError, match="could not be written"):
             await asyncio.wait_for(append(ledger, event(i)), timeout=5)
     ledger.close()
+
+
+async def test_an_event_the_database_cannot_take_fails_its_batch_not_the_writer(
+    database: Database,
+) -> None:
+    ledger = SqlLedger(database)
+    with pytest.raises(LedgerWriteError, match="could not be written"):
+        await asyncio.wait_for(append(ledger, event(0, model=object())), timeout=5)
+    await asyncio.wait_for(append(ledger, event(1)), timeout=5)  # the writer lives on
+    ledger.close()
+    assert [r[0] for r in rows(database)] == ["r1"]

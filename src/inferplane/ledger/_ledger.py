@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from inferplane.ledger._db import Database
 from inferplane.ledger._events import UsageEvent
 from inferplane.ledger._leases import AMOUNT_ORDER, LeaseStore
@@ -50,15 +52,17 @@ _INSERT = (
 )
 
 
-def _array_type(annotation: str) -> str:
+def _sql_type(annotation: str) -> str:
     for python, sql in (("str", "text"), ("float", "float8"), ("int", "int8")):
         if python in annotation:
             return sql
-    raise TypeError(f"no PostgreSQL array type for {annotation}")
+    raise TypeError(f"no PostgreSQL type for {annotation}")
 
 
-def _arrays(types: list[str]) -> str:
-    return "unnest(" + ", ".join(f"?::{t}[]" for t in types) + ")"
+def _json_rows(types: list[str]) -> str:
+    """SQL for the rows of a JSON array of arrays (a parameter), typed column by column."""
+    values = ", ".join(f"(e->>{i})::{t}" for i, t in enumerate(types))
+    return f"SELECT {values} FROM jsonb_array_elements(?::jsonb) AS e"
 
 
 _SPEND = AMOUNT_ORDER[:6]
@@ -67,24 +71,22 @@ _ADD_SPEND = (
     f"VALUES (?, ?, {', '.join('?' for _ in _SPEND)}) ON CONFLICT (scope, hour) DO UPDATE SET "
     + ", ".join(f"{d} = budget_spend.{d} + excluded.{d}" for d in _SPEND)
 )
-_SPEND_CONFLICT = _ADD_SPEND[_ADD_SPEND.index("ON CONFLICT") :]
-# PostgreSQL: a batch is one statement (so one transaction, in autocommit) over one
-# array per column, whose three parts are the three above. Statement by statement,
-# the server's and psycopg's cost per statement was most of the ledger's cost.
-# Concurrent writers share only budget_spend rows, which it locks in the sorted
-# order of its rows; each process consumes only its own lease rows.
-_COMMIT_ARRAYS = (
-    f"WITH events AS (INSERT INTO usage_events ({', '.join(_COLUMNS)}) SELECT * FROM "
-    + _arrays([_array_type(str(UsageEvent.__annotations__[c])) for c in _COLUMNS])
+# PostgreSQL: a batch is one statement (one transaction, in autocommit) doing the three
+# above, its rows passed as three JSON documents: per statement and per parameter, the
+# server's and psycopg's costs were most of what the ledger cost the gateway.
+# Concurrent writers share only budget_spend rows, which it locks in the sorted order
+# of its rows; each process consumes only its own lease rows.
+_COMMIT_JSON = (
+    f"WITH events AS (INSERT INTO usage_events ({', '.join(_COLUMNS)}) "
+    + _json_rows([_sql_type(str(UsageEvent.__annotations__[c])) for c in _COLUMNS])
     + " ON CONFLICT (request_id) DO NOTHING), "
-    + f"spend AS (INSERT INTO budget_spend (scope, hour, {', '.join(_SPEND)}) SELECT * FROM "
-    + _arrays(["text", "int8", *("int8" for _ in _SPEND)])
-    + f" {_SPEND_CONFLICT}) "
+    + f"spend AS (INSERT INTO budget_spend (scope, hour, {', '.join(_SPEND)}) "
+    + _json_rows(["text", "int8", *("int8" for _ in _SPEND)])
+    + f" {_ADD_SPEND[_ADD_SPEND.index('ON CONFLICT') :]}) "
     + "UPDATE budget_leases AS l SET "
     + ", ".join(f"consumed_{d} = l.consumed_{d} + u.{d}" for d in AMOUNT_ORDER)
-    + " FROM "
-    + _arrays([*("int8" for _ in AMOUNT_ORDER), "text", "text"])
-    + f" AS u({', '.join(AMOUNT_ORDER)}, scope, holder) "
+    + f" FROM ({_json_rows([*('int8' for _ in AMOUNT_ORDER), 'text', 'text'])}) "
+    + f"AS u({', '.join(AMOUNT_ORDER)}, scope, holder) "
     + "WHERE l.scope = u.scope AND l.holder = u.holder"
 )
 _K = TypeVar("_K")
@@ -140,6 +142,11 @@ class SqlLedger:
                 log.error("usage ledger write failed: %s", exc)
                 error = LedgerWriteError(f"the usage ledger could not be written: {exc}")
                 self._recover()
+            except Exception as exc:
+                # A bug: still fail the waiting requests, and keep the writer alive.
+                log.exception("usage ledger write failed")
+                error = LedgerWriteError(f"the usage ledger could not be written: {exc!r}")
+                self._recover()
             loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for p in pending:
                 loops.setdefault(p.future.get_loop(), []).append(p.future)
@@ -166,14 +173,7 @@ class SqlLedger:
         leased = [(*v, *key) for key, v in sorted(consumed.items())]
         db = self._db
         if self.database.is_postgres:
-            db.execute(
-                _COMMIT_ARRAYS,
-                [
-                    *_columns(events, len(_COLUMNS)),
-                    *_columns(spent, 2 + len(_SPEND)),
-                    *_columns(leased, len(AMOUNT_ORDER) + 2),
-                ],
-            )
+            db.execute(_COMMIT_JSON, [_json(events), _json(spent), _json(leased)])
             return
         db.execute("BEGIN")
         try:
@@ -199,11 +199,8 @@ class SqlLedger:
                 log.error("cannot reconnect to the usage ledger: %s", exc)
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows as one list per column (``width`` columns, also when there is no row)."""
-    if not rows:
-        return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows, strict=True)]
+def _json(rows: Sequence[tuple[Any, ...]]) -> str:
+    return orjson.dumps(rows, default=tuple).decode()  # default: named tuples
 
 
 def _values(amount: Amount) -> list[int]:
