@@ -97,7 +97,8 @@ def start_gateway(
     ``top`` to the top level;
     ``gateway`` adds YAML lines to the gateway settings;
     ``data_dir`` reuses a ledger, to restart a gateway on the same state;
-    ``database_url`` puts the ledger in PostgreSQL; ``port`` picks the port.
+    ``database_url`` puts the ledger in PostgreSQL; ``port`` picks the port;
+    ``read_timeout_s`` is how long a backend may stay silent.
     """
     workdir = tmp_path_factory.mktemp("gateway")
 
@@ -114,6 +115,7 @@ def start_gateway(
         backend_cooldown_s: float = 30.0,
         outlier_errors: int = 5,
         health_check_s: float = 5.0,
+        read_timeout_s: float = 3.0,
         backend: str = "",
         extra_models: str = "",
         gateway: str = "",
@@ -134,7 +136,7 @@ def start_gateway(
 data_dir: {data_dir}
 gateway:
   port: {port}
-  read_timeout_s: 3
+  read_timeout_s: {read_timeout_s}
   max_body_bytes: 65536
   backend_cooldown_s: {backend_cooldown_s}
   lease_ttl_s: {lease_ttl_s}
