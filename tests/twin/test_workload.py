@@ -474,7 +474,7 @@ async def test_the_gateway_usage_export_replays_as_the_same_arrivals(tmp_path: P
         assert list(rows[0]) == [
             "request_id", "time", "tenant", "key", "workflow", "run", "model", "backend",
             "slo_class", "status", "input_tokens", "output_tokens", "cached_tokens",
-            "cost_usd", "ttft_s", "duration_s", "retries", "finish_reason",
+            "cost_usd", "ttft_s", "duration_s", "retries", "finish_reason", "client_request_id",
         ]  # fmt: skip
         assert rows[1]["time"] == "2023-11-14T22:13:20.250000Z"
         assert rows[0]["cost_usd"] == "0.0001" and rows[2]["status"] == 502
