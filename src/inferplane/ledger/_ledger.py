@@ -137,15 +137,14 @@ class SqlLedger:
             error: LedgerWriteError | None = None
             try:
                 self._commit(pending)
-            except self.database.errors as exc:
-                # Disk full, database gone...: the waiting requests must fail, not hang.
-                log.error("usage ledger write failed: %s", exc)
-                error = LedgerWriteError(f"the usage ledger could not be written: {exc}")
-                self._recover()
             except Exception as exc:
-                # A bug: still fail the waiting requests, and keep the writer alive.
-                log.exception("usage ledger write failed")
-                error = LedgerWriteError(f"the usage ledger could not be written: {exc!r}")
+                # Disk full, database gone, or a bug: the waiting requests must fail, not
+                # hang, and the writer must live on for the next batch.
+                if isinstance(exc, self.database.errors):
+                    log.error("usage ledger write failed: %s", exc)
+                else:
+                    log.exception("usage ledger write failed")
+                error = LedgerWriteError(f"the usage ledger could not be written: {exc}")
                 self._recover()
             loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for p in pending:
