@@ -1,9 +1,11 @@
 """Usage events, committed in groups by one background thread, in SQLite or PostgreSQL.
 
-The event loop never blocks on the database: ``append`` hands the event to a
-queue and returns a future that completes once the event is committed. The
-writer thread commits whatever is queued in one transaction as soon as it can
-(group commit: the busier the gateway, the larger the batches). The same
+The event loop never blocks on the database: ``append`` queues the event and
+returns a future that completes once the event is committed. The events of one
+turn of the loop are handed to the writer thread together, and the writer
+commits whatever it has been handed in one transaction as soon as it can
+(group commit: the busier the gateway, the larger the batches, and the fewer
+thread wake-ups per event). The same
 transaction adds each request's charge to its scopes' spend per hour and to the
 budget lease it was admitted under, so spend, leases and usage rows never
 disagree. A committed event survives the gateway being killed (-9).
@@ -91,6 +93,7 @@ _COMMIT_JSON = (
 )
 _K = TypeVar("_K")
 _STOP = object()
+_BATCH = 1000  # events per transaction, at most
 log = logging.getLogger("inferplane.ledger")
 
 
@@ -102,7 +105,10 @@ class SqlLedger:
         db = database.connect()
         migrate(db, database)
         self._db = db  # the writer thread's
-        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Pending] | object] = queue.SimpleQueue()
+        # Events of this turn of the event loop, handed over together at its end: one
+        # wake-up of the writer per turn, not per event.
+        self._outgoing: list[_Pending] = []
         self._writer = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
         self._writer.start()
 
@@ -111,12 +117,21 @@ class SqlLedger:
 
         Call from a running event loop; nothing needs to await the future for
         the event to be written."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put(_Pending(event, charge, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._outgoing:
+            loop.call_soon(self._hand_over)
+        self._outgoing.append(_Pending(event, charge, future))
         return future
+
+    def _hand_over(self) -> None:
+        if self._outgoing:
+            self._queue.put(self._outgoing)
+            self._outgoing = []
 
     def close(self) -> None:
         """Write everything appended so far, then stop."""
+        self._hand_over()  # in case the loop that appended them is gone
         self._queue.put(_STOP)
         self._writer.join()
         self._db.close()
@@ -124,34 +139,40 @@ class SqlLedger:
     def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < 1000:
+            pending: list[_Pending] = []
+            item = self._queue.get()
+            while True:  # everything queued by now, in one transaction per _BATCH events
+                if isinstance(item, list):
+                    pending += item
+                else:
+                    stopping = True
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            pending = [p for p in batch if isinstance(p, _Pending)]
-            stopping = len(pending) < len(batch)
-            if not pending:
-                continue
-            error: LedgerWriteError | None = None
-            try:
-                self._commit(pending)
-            except Exception as exc:
-                # Disk full, database gone, or a bug: the waiting requests must fail, not
-                # hang, and the writer must live on for the next batch.
-                if isinstance(exc, self.database.errors):
-                    log.error("usage ledger write failed: %s", exc)
-                else:
-                    log.exception("usage ledger write failed")
-                error = LedgerWriteError(f"the usage ledger could not be written: {exc}")
-                self._recover()
-            loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-            for p in pending:
-                loops.setdefault(p.future.get_loop(), []).append(p.future)
-            for loop, futures in loops.items():
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_complete, futures, error)
+            for start in range(0, len(pending), _BATCH):
+                self._write(pending[start : start + _BATCH])
+
+    def _write(self, batch: list[_Pending]) -> None:
+        """Commit ``batch``, then tell its waiters, on their event loops."""
+        error: LedgerWriteError | None = None
+        try:
+            self._commit(batch)
+        except Exception as exc:
+            # Disk full, database gone, or a bug: the waiting requests must fail, not
+            # hang, and the writer must live on for the next batch.
+            if isinstance(exc, self.database.errors):
+                log.error("usage ledger write failed: %s", exc)
+            else:
+                log.exception("usage ledger write failed")
+            error = LedgerWriteError(f"the usage ledger could not be written: {exc}")
+            self._recover()
+        loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for p in batch:
+            loops.setdefault(p.future.get_loop(), []).append(p.future)
+        for loop, futures in loops.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_complete, futures, error)
 
     def _commit(self, pending: list[_Pending]) -> None:
         # Summed per row to update, in plain ints: this thread shares the GIL with the loop.
