@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from decimal import Decimal
@@ -172,12 +173,20 @@ class Pricing(Strict):
         cached_price = (
             self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
         )
-        cost = (
-            self.input_per_1m * (input_tokens - cached)
-            + cached_price * cached
-            + self.output_per_1m * output_tokens
+        uncached, cached_, output, denominator = _integer_prices(
+            self.input_per_1m, cached_price, self.output_per_1m
         )
-        return math.ceil(cost)
+        cost = uncached * (input_tokens - cached) + cached_ * cached + output * output_tokens
+        return -(-cost // denominator)
+
+
+@functools.lru_cache(maxsize=1024)
+def _integer_prices(*prices: Decimal) -> tuple[int, ...]:
+    """Prices as numerators over one common denominator (last): exact integer arithmetic,
+    several times faster than Decimal's, for a sum done more than once per request."""
+    ratios = [p.as_integer_ratio() for p in prices]
+    denominator = math.lcm(*(d for _, d in ratios))
+    return (*(n * (denominator // d) for n, d in ratios), denominator)
 
 
 class PricingMode(StrEnum):

@@ -48,6 +48,7 @@ class Registry:
         self._config = config
         self._store = store
         self.tenants: dict[str, Tenant] = dict(config.tenants)
+        self.version = 0  # goes up with every change of ``tenants``
         docs = store.load() if store else {}
         for name in set(docs) & set(config.tenants):
             log.warning(
@@ -85,6 +86,7 @@ class Registry:
         if self._config.admin_key_sha256:
             by_digest[self._config.admin_key_sha256] = (Principal(ADMIN_TENANT, "admin"), False)
         self._by_digest = by_digest
+        self.version += 1
 
     def is_static(self, tenant: str) -> bool:
         return tenant in self._config.tenants

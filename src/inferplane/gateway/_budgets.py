@@ -65,6 +65,8 @@ MIN_PARTIAL_OUTPUT = 16
 _IDLE_GIVE_BACK_S = 10.0
 # Scopes nobody used for this long leave memory (their spend stays in the ledger).
 _IDLE_EVICT_S = 3600.0
+# Charge paths and budgets remembered, per request shape, before starting over.
+_MEMO_SIZE = 65536
 _T = TypeVar("_T")
 log = logging.getLogger("inferplane.gateway")
 
@@ -146,10 +148,18 @@ class BudgetGate:
         self._retry_holds: dict[str, list[str]] = {}  # request id -> holds of its retries
         self._lock = asyncio.Lock()  # one lease conversation at a time
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="budget-leases")
+        # Per request, what only changes with the tenants: charge paths by (tenant, key,
+        # workflow, run); budgets by scope or (tenant, key), as of registry ``_version``.
+        self._paths: dict[tuple[str, str, str | None, str | None], ChargePath] = {}
+        self._budgets: dict[Scope | tuple[str, str], Any] = {}
+        self._version = registry.version
+        self._holder = ""
 
     @property
     def holder(self) -> str:
-        return f"{self._instance}/{os.getpid()}.{self._epoch}"
+        if not self._holder:
+            self._holder = f"{self._instance}/{os.getpid()}.{self._epoch}"
+        return self._holder
 
     async def start(self, now: float) -> None:
         """Take back what an earlier process of this instance (killed, say) still held."""
@@ -171,16 +181,25 @@ class BudgetGate:
         """The scopes a request is charged to: from its headers, else its key's defaults."""
         workflow = _header_id(headers, WORKFLOW_HEADER) or principal.workflow
         run = _header_id(headers, RUN_HEADER) or principal.run
-        tenant = principal.tenant
-        scopes = charge_scopes(tenant, principal.key_name, workflow, run)
-        return ChargePath(workflow, run, scopes, tuple(map(str, scopes)))
+        shape = (principal.tenant, principal.key_name, workflow, run)
+        path = self._paths.get(shape)
+        if path is None:
+            if len(self._paths) >= _MEMO_SIZE:
+                self._paths.clear()
+            scopes = charge_scopes(*shape)
+            path = self._paths[shape] = ChargePath(workflow, run, scopes, tuple(map(str, scopes)))
+        return path
 
     def is_budgeted(self, tenant: str, key_name: str) -> bool:
-        t = self.registry.tenants.get(tenant)
-        if t is None:
-            return False
-        key_budget = next((k.budget for k in t.keys if k.name == key_name), None)
-        return any((t.budget, t.workflow_budget, t.run_budget, key_budget))
+        memo = self._memo()
+        budgeted: bool | None = memo.get((tenant, key_name))
+        if budgeted is None:
+            t = self.registry.tenants.get(tenant)
+            key_budget = t and next((k.budget for k in t.keys if k.name == key_name), None)
+            budgeted = memo[tenant, key_name] = t is not None and any(
+                (t.budget, t.workflow_budget, t.run_budget, key_budget)
+            )
+        return budgeted
 
     async def reserve(
         self, request_id: str, path: ChargePath, amount: Amount, price: Pricing, now: float
@@ -445,6 +464,7 @@ class BudgetGate:
         """Stop trusting the leases held: their database rows may have expired. Requests
         in flight keep their holds, which the next lease must cover."""
         self._epoch += 1
+        self._holder = ""
         for scope, old in list(self.book.accounts.items()):
             fresh = Account(scope, old.limits.like({}))
             for request_id, hold in old.held.items():
@@ -472,7 +492,22 @@ class BudgetGate:
                 "budget_store_unavailable",
             ) from None
 
+    def _memo(self) -> dict[Scope | tuple[str, str], Any]:
+        """The budgets remembered, forgotten whenever the tenants change."""
+        if self._version != self.registry.version or len(self._budgets) >= _MEMO_SIZE:
+            self._budgets.clear()
+            self._version = self.registry.version
+        return self._budgets
+
     def _budget_of(self, scope: Scope) -> Budget | None:
+        memo = self._memo()
+        try:
+            budget: Budget | None = memo[scope]
+        except KeyError:
+            budget = memo[scope] = self._lookup_budget(scope)
+        return budget
+
+    def _lookup_budget(self, scope: Scope) -> Budget | None:
         tenant_name, _, rest = scope.id.partition("/")
         tenant = self.registry.tenants.get(tenant_name)
         if tenant is None:
