@@ -25,9 +25,9 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from inferplane.perf import PerfModel, StepShape
+from inferplane.perf import PerfModel
 
 __all__ = [
     "Admitted",
@@ -421,7 +421,7 @@ class EngineCore:
         bound = min(first_done - decode.steps, self._kv_steps(first_done - decode.steps))
         if bound < 2:
             return None
-        return bound, _StepSeries(self.perf, self._decode_shape(), len(decode))
+        return bound, _StepSeries(self.perf, len(decode), decode.context())
 
     def _admissible_head(self, num_decodes: int) -> bool:
         """Could the head of the waiting queue join a coming step of this decode batch?
@@ -532,8 +532,10 @@ class EngineCore:
             # because add_request rejects requests larger than the whole cache (and cached
             # blocks nobody references count as free).
             raise AssertionError("scheduler made no progress")
-        shape = _shape(chunks, self._decode_shape() if num_decodes else None)
-        end = self._time + self.perf.step_time(shape)
+        compute, memory, comm, overhead = self.perf.costs(
+            *_shape(chunks, num_decodes, decode.context() if num_decodes else 0)
+        )
+        end = self._time + (max(compute, memory) + comm + overhead)
         self._step = _Step(self._time, end, chunks, num_decodes)
         return True
 
@@ -622,10 +624,6 @@ class EngineCore:
             del self._prefilling[seq]
         del self._running[seq]
         self._free(seq)
-
-    def _decode_shape(self) -> StepShape:
-        decode = self._decode
-        return StepShape(num_decode_seqs=len(decode), num_decode_context_tokens=decode.context())
 
     def _fit(self, seq: _Seq, budget: int, *, alone: bool) -> tuple[int, int] | None:
         """(cached blocks it reuses, tokens it computes) if the waiting ``seq`` can join
@@ -759,14 +757,14 @@ class EngineCore:
 class _StepSeries:
     """Durations of consecutive decode steps of one batch, summed in closed form."""
 
-    def __init__(self, perf: PerfModel, first: StepShape, num_seqs: int) -> None:
-        second = replace(
-            first, num_decode_context_tokens=first.num_decode_context_tokens + num_seqs
-        )
-        c0, c1 = perf.step_cost(first), perf.step_cost(second)
-        self.compute = (c0.compute_s, c1.compute_s - c0.compute_s)
-        self.memory = (c0.memory_s, c1.memory_s - c0.memory_s)
-        self.fixed = c0.comm_s + c0.overhead_s
+    def __init__(self, perf: PerfModel, num_seqs: int, context: int) -> None:
+        """Steps of ``num_seqs`` decoding sequences, the first reading ``context`` tokens
+        of KV in all, each later one ``num_seqs`` more."""
+        c0, m0, comm, overhead = perf.costs(0, 0.0, num_seqs, context, 0)
+        c1, m1, _, _ = perf.costs(0, 0.0, num_seqs, context + num_seqs, 0)
+        self.compute = (c0, c1 - c0)
+        self.memory = (m0, m1 - m0)
+        self.fixed = comm + overhead
 
     def total(self, k: int) -> float:
         """Seconds of the first k steps: sum over j < k of max(compute_j, memory_j) + fixed."""
@@ -798,13 +796,14 @@ def _line_sum(a: float, b: float, lo: int, hi: int) -> float:
     return (hi - lo) * a + b * (hi * (hi - 1) - lo * (lo - 1)) / 2
 
 
-def _shape(chunks: list[tuple[_Seq, int]], decodes: StepShape | None = None) -> StepShape:
-    """The step's work: the sequences run one by one, plus the decode set's (if in it)."""
+def _shape(
+    chunks: list[tuple[_Seq, int]], decode_seqs: int, decode_context: int
+) -> tuple[int, float, int, int, int]:
+    """The fields of the step's `StepShape`: the sequences run one by one, plus
+    ``decode_seqs`` of the decode set reading ``decode_context`` tokens of KV."""
     prefill_tokens = 0
     prefill_pairs = 0.0
     prefill_context = 0
-    decode_seqs = decodes.num_decode_seqs if decodes else 0
-    decode_context = decodes.num_decode_context_tokens if decodes else 0
     for seq, n in chunks:
         if n == 1:
             decode_seqs += 1
@@ -813,10 +812,4 @@ def _shape(chunks: list[tuple[_Seq, int]], decodes: StepShape | None = None) -> 
             prefill_tokens += n
             prefill_pairs += n * (seq.num_computed + (n + 1) / 2)
             prefill_context += seq.num_computed
-    return StepShape(
-        num_prefill_tokens=prefill_tokens,
-        prefill_attention_pairs=prefill_pairs,
-        num_decode_seqs=decode_seqs,
-        num_decode_context_tokens=decode_context,
-        num_prefill_context_tokens=prefill_context,
-    )
+    return prefill_tokens, prefill_pairs, decode_seqs, decode_context, prefill_context

@@ -184,9 +184,6 @@ class StepCost:
         return "compute" if self.compute_s > self.memory_s else "memory"
 
 
-_EMPTY_COST = StepCost(0.0, 0.0, 0.0, 0.0)
-
-
 class PerfModel:
     """Step times of one model served on ``tp`` GPUs of one kind with tensor parallelism.
 
@@ -314,11 +311,33 @@ class PerfModel:
 
     def step_cost(self, shape: StepShape) -> StepCost:
         """Cost of one step by resource; all zeros for an empty shape."""
-        num_tokens = shape.num_prefill_tokens + shape.num_decode_seqs
+        return StepCost(
+            *self.costs(
+                shape.num_prefill_tokens,
+                shape.prefill_attention_pairs,
+                shape.num_decode_seqs,
+                shape.num_decode_context_tokens,
+                shape.num_prefill_context_tokens,
+            )
+        )
+
+    def costs(
+        self,
+        num_prefill_tokens: int,
+        prefill_attention_pairs: float,
+        num_decode_seqs: int,
+        num_decode_context_tokens: int,
+        num_prefill_context_tokens: int,
+    ) -> tuple[float, float, float, float]:
+        """`step_cost` of the `StepShape` of these fields, as a plain tuple, unchecked:
+        for an engine whose shapes are consistent by construction and that prices every
+        step of a simulation (a `StepShape` and a `StepCost` per step cost more than the
+        arithmetic)."""
+        num_tokens = num_prefill_tokens + num_decode_seqs
         if num_tokens == 0:
-            return _EMPTY_COST
+            return 0.0, 0.0, 0.0, 0.0
         flops = self._flops_per_token * num_tokens + self._attention_flops_per_pair * (
-            shape.prefill_attention_pairs + shape.num_decode_context_tokens
+            prefill_attention_pairs + num_decode_context_tokens
         )
         weight_bytes = self._shared_bytes_per_gpu
         if self._expert_bytes_per_gpu:
@@ -327,13 +346,13 @@ class PerfModel:
             weight_bytes += self._expert_bytes_per_gpu * touched
         # KV read by decode tokens and by chunks over their cached prefix, plus KV written
         # for every new token.
-        kv_tokens = shape.num_decode_context_tokens + shape.num_prefill_context_tokens + num_tokens
+        kv_tokens = num_decode_context_tokens + num_prefill_context_tokens + num_tokens
         memory_bytes = weight_bytes + kv_tokens * self._kv_bytes_per_token_per_gpu
-        return StepCost(
-            compute_s=flops / self._compute_rate,
-            memory_s=memory_bytes / self._memory_rate,
-            comm_s=self._allreduce_fixed_s + self._allreduce_s_per_token * num_tokens,
-            overhead_s=self.efficiency.step_overhead_s,
+        return (
+            flops / self._compute_rate,
+            memory_bytes / self._memory_rate,
+            self._allreduce_fixed_s + self._allreduce_s_per_token * num_tokens,
+            self.efficiency.step_overhead_s,
         )
 
     def step_time(self, shape: StepShape) -> float:
