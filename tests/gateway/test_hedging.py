@@ -13,13 +13,11 @@ import httpx
 import orjson
 import pytest
 
-from inferplane.config import parse_config
-from inferplane.gateway import create_gateway_app, hash_key
-from inferplane.ledger import Charge, UsageEvent
+from inferplane.gateway import hash_key
 from inferplane.wire import DONE, sse_data
 
-KEY = "sk-hedge-test"
-MODEL = "m"
+from . import inprocess
+from .inprocess import KEY, MODEL
 
 
 class FakeResponse:
@@ -90,22 +88,6 @@ class FakeUpstream:
         pass
 
 
-class Rows:
-    """A ledger that keeps the usage rows in memory."""
-
-    def __init__(self) -> None:
-        self.rows: list[UsageEvent] = []
-
-    def append(self, event: UsageEvent, charge: Charge) -> asyncio.Future[None]:
-        self.rows.append(event)
-        future = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
-
-    def close(self) -> None:
-        pass
-
-
 def config_text(tmp_path: Path, *, backend: str = "", gateway: str = "", hedge: bool = True) -> str:
     return f"""
 data_dir: {tmp_path}
@@ -126,47 +108,14 @@ tenants:
 """
 
 
-class Harness:
-    def __init__(self, text: str, upstream: FakeUpstream) -> None:
-        self.app = create_gateway_app(parse_config(text), upstream)
-        self.gateway = self.app.state["gateway"]
-        self.upstream = upstream
-        self.rows = Rows()
-        self.http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),
-            base_url="http://gateway",
-            headers={"authorization": f"Bearer {KEY}"},
-        )
-
-    async def __aenter__(self) -> Harness:
-        await self.gateway.start()
-        self.gateway.proxy.ledger = self.rows
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.http.aclose()
-        await self.gateway.stop()
-
+class Harness(inprocess.Harness):
     def warm(self, seconds: float, n: int = 3, stream: bool = True) -> None:
         """As if ``n`` requests had had their first byte after ``seconds``."""
         for _ in range(n):
             self.gateway.routes[MODEL].first_byte[stream].observe(seconds)
 
-    async def ask(self, cls: str = "realtime", stream: bool = True) -> httpx.Response:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-        reply = await self.http.post(
-            "/v1/chat/completions", json=body, headers={"x-inferplane-class": cls}
-        )
-        return reply
-
-    async def metric(self, name: str) -> float:
-        """The sum of the series of ``name`` (with labels: that one series)."""
-        text = (await self.http.get("/metrics")).text
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name if name.endswith("}") else (name + "{", name + " "))
-        )
+    async def ask(self, cls: str = "realtime", stream: bool = True) -> httpx.Response:  # type: ignore[override]
+        return await super().ask({"x-inferplane-class": cls}, stream=stream)
 
 
 def slo(outcome: str) -> str:
