@@ -22,7 +22,7 @@ from inferplane.asgi import JsonApp
 from inferplane.config import Config
 from inferplane.gateway._admin import AdminApi
 from inferplane.gateway._auth import Principal, Registry
-from inferplane.gateway._budgets import BudgetGate, worst_case
+from inferplane.gateway._budgets import BudgetGate, choices_of, worst_case
 from inferplane.gateway._http1 import Http1Upstream
 from inferplane.gateway._probe import Target, check_forever
 from inferplane.gateway._proxy import Exchange, ModelRoute, Proxy
@@ -57,9 +57,11 @@ def ledger_database(config: Config) -> Database:
 
 
 # Refusals after which a request may go on to the next model of its fallback chain:
-# nothing was generated (no backend took it, its class could not be served in time,
-# or every backend answered an error).
-_FALLBACK_CODES = frozenset({"upstream_unreachable", "slo_unattainable", "upstream_error"})
+# the client has nothing yet (no backend took it, its class could not be served in time,
+# every backend answered a server error or dropped the connection before answering).
+_FALLBACK_CODES = frozenset(
+    {"upstream_unreachable", "slo_unattainable", "upstream_error", "upstream_disconnected"}
+)
 
 # OpenAI operation names (gen_ai.operation.name) by route.
 _OPERATIONS = {
@@ -187,14 +189,17 @@ class Gateway:
             self.metrics.refused(exc.code)
             raise
         model = body["model"]
-        chain = [model, *self.config.models[model].fallback]
+        # A fallback the tenant may not use is skipped: the refusal it would give would
+        # hide why the model asked for failed.
+        chain = [model] + [
+            name for name in self.config.models[model].fallback if self._may_use(principal, name)
+        ]
         request_id = request.scope["state"]["request_id"]
         path = request.scope["path"]
         for n, name in enumerate(chain):
             attempt = dict(body, model=name)
             try:
                 if n > 0:
-                    self._check_allowed(principal, name)
                     raw = orjson.dumps(attempt)
                 # Each attempt is its own usage row; the client sees the first id.
                 attempt_id = request_id if n == 0 else f"{request_id}.{n}"
@@ -235,6 +240,11 @@ class Gateway:
         stream = body.get("stream")
         if stream is not None and not isinstance(stream, bool):
             raise OpenAIError(400, "'stream' must be a boolean.", "invalid_value", param="stream")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise OpenAIError(
+                400, "'stream_options' must be an object.", "invalid_value", param="stream_options"
+            )
         return principal, body, raw
 
     async def _admit(
@@ -288,8 +298,15 @@ class Gateway:
             worst = worst_case(body, operation, model_config, exchange.price)
             exchange.size_tokens = worst.input_tokens + worst.output_tokens
         if budgeted:
+            choices = choices_of(body, operation)
             admission = await self.gate.reserve(
-                exchange.request_id, exchange.charge, worst, exchange.price, time.time()
+                exchange.request_id,
+                exchange.charge,
+                worst,
+                exchange.price,
+                time.time(),
+                choices=choices,
+                owner=exchange,
             )
             held = exchange.held = admission.held
             exchange.deadline, exchange.deadline_scope = (
@@ -298,17 +315,20 @@ class Gateway:
             )
             if held.output_tokens < worst.output_tokens:
                 # A partial grant: the backend itself stops at what the budget allows.
-                exchange.output_cap = held.output_tokens
+                exchange.output_cap = held.output_tokens // choices
                 field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-                body[field] = held.output_tokens
+                body[field] = exchange.output_cap
                 raw = orjson.dumps(body)
         return route, body, raw, exchange
 
-    def _check_allowed(self, principal: Principal, model: str) -> None:
+    def _may_use(self, principal: Principal, model: str) -> bool:
         if principal.is_admin:
-            return
+            return True
         allowed = self._registry().tenants[principal.tenant].models
-        if allowed is not None and model not in allowed:
+        return allowed is None or model in allowed
+
+    def _check_allowed(self, principal: Principal, model: str) -> None:
+        if not self._may_use(principal, model):
             raise OpenAIError(
                 403,
                 f"Tenant '{principal.tenant}' may not use model '{model}'.",

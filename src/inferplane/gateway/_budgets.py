@@ -24,6 +24,7 @@ import math
 import os
 import re
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ __all__ = [
     "Admission",
     "BudgetGate",
     "ChargePath",
+    "choices_of",
     "worst_case",
 ]
 
@@ -105,8 +107,19 @@ def _header_id(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
+def choices_of(body: dict[str, Any], operation: str) -> int:
+    """How many answers a request asks for, each up to ``max_tokens``: ``n`` (and a
+    completion's ``best_of``, which it generates and then drops). Values the backend
+    will refuse count as one."""
+    if operation == "embeddings":
+        return 1
+    counts = [body.get("n"), body.get("best_of") if operation == "text_completion" else None]
+    return max([c for c in counts if isinstance(c, int) and c > 0], default=1)
+
+
 def worst_case(body: dict[str, Any], operation: str, model: Model, price: Pricing) -> Amount:
-    """The most a request can use: its prompt, counted, and all the output it may ask for."""
+    """The most a request can use: its prompt, counted, and all the output it may ask
+    for, ``max_tokens`` for each of its choices."""
     if operation == "chat":
         messages = body.get("messages")
         prompt = count_chat_tokens(messages) if isinstance(messages, list) else 0
@@ -121,6 +134,7 @@ def worst_case(body: dict[str, Any], operation: str, model: Model, price: Pricin
     if operation != "embeddings":
         asked = body.get("max_completion_tokens", body.get("max_tokens"))
         output = asked if isinstance(asked, int) and asked > 0 else model.max_output_tokens
+        output *= choices_of(body, operation)
     return Amount(
         input_tokens=prompt,
         output_tokens=output,
@@ -154,6 +168,10 @@ class BudgetGate:
         self._budgets: dict[Scope | tuple[str, str], Any] = {}
         self._version = registry.version
         self._holder = ""
+        # Requests holding budget, by hold id, while their owner (the gateway's record of
+        # the request) lives: their holds do not expire, however long they stream. A
+        # hold whose owner is gone without settling (a bug) still expires.
+        self._running: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
 
     @property
     def holder(self) -> str:
@@ -202,26 +220,43 @@ class BudgetGate:
         return budgeted
 
     async def reserve(
-        self, request_id: str, path: ChargePath, amount: Amount, price: Pricing, now: float
+        self,
+        request_id: str,
+        path: ChargePath,
+        amount: Amount,
+        price: Pricing,
+        now: float,
+        *,
+        choices: int = 1,
+        owner: object | None = None,
     ) -> Admission:
         """Hold ``amount`` on every budgeted scope of ``path``; returns what was held.
 
         When the worst case does not fit but the prompt and at least
-        ``MIN_PARTIAL_OUTPUT`` tokens of output do, a smaller output is held
-        (the caller then caps the request's ``max_tokens``): a run near the end of
-        its budget gets a shorter answer instead of none. Otherwise: a 429. A run
-        past its wall time gets a 429 too; one within it, the deadline.
+        ``MIN_PARTIAL_OUTPUT`` tokens of output for each of its ``choices`` do, a
+        smaller output is held (the caller then caps the request's ``max_tokens`` to
+        the held output over ``choices``): a run near the end of its budget gets a
+        shorter answer instead of none. Otherwise: a 429. A run past its wall time
+        gets a 429 too; one within it, the deadline. The hold lasts while ``owner``
+        lives (or its TTL when None) until ``settle``.
         """
         scopes = self._open(path, now)
         if not scopes:
             return Admission(amount)
         deadline, run = await self._deadline(scopes, now)
-        return Admission(
-            await self._hold_or_lease(request_id, scopes, amount, price, now), deadline, run
-        )
+        held = await self._hold_or_lease(request_id, scopes, amount, price, now, choices)
+        if owner is not None:
+            self._running[request_id] = owner
+        return Admission(held, deadline, run)
 
     async def _hold_or_lease(
-        self, request_id: str, scopes: list[Scope], amount: Amount, price: Pricing, now: float
+        self,
+        request_id: str,
+        scopes: list[Scope],
+        amount: Amount,
+        price: Pricing,
+        now: float,
+        choices: int = 1,
     ) -> Amount:
         # A hold outlives the longest a request may legitimately take.
         ttl = self.config.gateway.read_timeout_s * 4
@@ -239,15 +274,18 @@ class BudgetGate:
             base = Amount(
                 input_tokens=prompt, calls=amount.calls, cost_micros=price.cost_micros(prompt, 0)
             )
-            # An upper bound of one more output token's cost, so that k tokens surely fit.
-            unit = Amount(output_tokens=1, cost_micros=math.ceil(price.output_per_1m))
+            # One more output token for each choice, its cost bounded above, so that k
+            # tokens a choice surely fit.
+            unit = Amount(
+                output_tokens=choices, cost_micros=math.ceil(price.output_per_1m * choices)
+            )
             most = self._fit(scopes, results, base, unit, now)
-            if most is not None and MIN_PARTIAL_OUTPUT <= most < amount.output_tokens:
+            if most is not None and MIN_PARTIAL_OUTPUT <= most < amount.output_tokens // choices:
                 smaller = Amount(
                     input_tokens=prompt,
-                    output_tokens=most,
+                    output_tokens=most * choices,
                     calls=amount.calls,
-                    cost_micros=price.cost_micros(prompt, most),
+                    cost_micros=price.cost_micros(prompt, most * choices),
                 )
                 await self._lease(scopes, smaller, now)
                 if self._hold(request_id, scopes, smaller, now, ttl):
@@ -284,6 +322,9 @@ class BudgetGate:
                 del self._retry_holds[request_id]
             raise
         holds.append(hold_id)
+        owner = self._running.get(request_id)
+        if owner is not None:
+            self._running[hold_id] = owner
 
     def wall_time_of(self, run: Scope) -> float:
         budget = self._budget_of(run)
@@ -295,7 +336,9 @@ class BudgetGate:
         accounts = self.book.accounts
         for hold_id in self._retry_holds.pop(request_id, ()):
             self.book.settle(hold_id, path.scopes, Amount(), now)  # ``actual`` counts them
+            self._running.pop(hold_id, None)
         self.book.settle(request_id, path.scopes, actual, now)
+        self._running.pop(request_id, None)
         leased = tuple(n for s, n in zip(path.scopes, path.names, strict=True) if s in accounts)
         return Charge(actual, path.names, self.holder, leased)
 
@@ -317,7 +360,7 @@ class BudgetGate:
     async def tick(self, now: float) -> None:
         """Expire holds of requests that never settled, keep leases alive, give back
         what idle scopes lease, forget scopes idle for long."""
-        self.book.expire(now)
+        self.book.expire(now, keep=self._running)
         if self._leases is None:
             return
         if now >= self._next_heartbeat:

@@ -127,7 +127,7 @@ class ModelRoute:
         return model.price if self.hourly is None else self.hourly.worst()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # the budget gate watches it while it holds
 class Exchange:
     """One forwarded request: who asked, and what the gateway learned as it went."""
 
@@ -266,7 +266,12 @@ class Proxy:
             ex.route = route
             route.retry_budget.started()
             if ex.queue is not None:
-                await self._wait_for_slot(ex, route.first_token_s(stream))
+                try:
+                    async with _until(ex.deadline):
+                        await self._wait_for_slot(ex, route.first_token_s(stream))
+                except TimeoutError:
+                    # The run's wall time ran out in the queue: nothing was generated.
+                    raise self._out_of_time(ex, charge_held=False) from None
             resp: UpstreamResponse | None = None
             try:
                 async with _until(ex.deadline):
@@ -326,10 +331,13 @@ class Proxy:
         ex.slot = await ex.queue.acquire(item, first_token_s)
         ex.dispatched_at = time.monotonic()
 
-    def _out_of_time(self, ex: Exchange) -> OpenAIError:
+    def _out_of_time(self, ex: Exchange, *, charge_held: bool = True) -> OpenAIError:
+        """The refusal of a request whose run's wall time ran out; ``charge_held``: a
+        backend may have generated for it, how much is unknown, so it is charged what
+        it held."""
         assert ex.deadline is not None and ex.deadline_scope is not None
         budget = self.gate.wall_time_of(ex.deadline_scope)
-        ex.charge_held = True
+        ex.charge_held = charge_held
         return wall_time_refusal(ex.deadline_scope, budget, ex.deadline - budget)
 
     def _abandon(self, resp: UpstreamResponse, ex: Exchange) -> None:
@@ -436,7 +444,15 @@ class Proxy:
             raise
         if resp.status >= 500:
             health.failed(i, time.monotonic())
-            attempt.failure = await _upstream_refusal(resp, backend)
+            try:
+                attempt.failure = await _upstream_refusal(resp, backend)
+            except UpstreamError as exc:  # its error body never came: still its fault
+                resp.close()
+                attempt.failure = OpenAIError(
+                    502,
+                    f"Model server {backend.label} failed ({resp.status}): {exc}",
+                    "upstream_error",
+                )
             attempt.answered_5xx = True
             log.warning("backend %s of %s answered %d", backend.label, route.name, resp.status)
             return attempt
@@ -549,8 +565,17 @@ class Proxy:
 
     @staticmethod
     def _pick(route: ModelRoute, ex: Exchange, tried: set[int]) -> int | None:
-        if not tried and ex.slot is not None:
-            return ex.slot  # the replica the queue gave a slot on
+        if ex.slot is not None:
+            if not tried:
+                return ex.slot  # the replica the queue gave a slot on
+            # Failing over in a queued model: only to a replica with a free slot, which
+            # the request takes in place of the one it had (the replicas' limits hold).
+            assert ex.queue is not None
+            spare = ex.queue.take_spare(ex.size_tokens, tried)
+            if spare is not None:
+                ex.queue.release(ex.slot, 0.0, ex.size_tokens, measured=False)
+                ex.slot, ex.dispatched_at = spare, time.monotonic()
+            return spare
         key = ex.affinity_key or ex.request_id
         return route.router.choose(time.monotonic(), frozenset(tried), key, ex.size_tokens)
 
@@ -631,8 +656,11 @@ class Proxy:
                 "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_disconnected"
             )
             yield error_event(f"The model server failed mid-stream: {exc}", ex.error_type)
-        except asyncio.CancelledError:
-            ex.error_type = "client_disconnected"
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client left: while the relay waited on the backend (cancelled), or
+            # while a chunk was being written to it (the response closes the relay).
+            if not ex.settled:
+                ex.error_type = "client_disconnected"
             raise
         finally:
             resp.close()
@@ -707,6 +735,9 @@ class _StreamWatch:
         if isinstance(usage, dict):
             _take_usage(usage, self.ex)
         choices = chunk.get("choices")
+        if choices is not None and not isinstance(choices, list):
+            self.ex.error_type = "upstream_malformed_stream"
+            return _Verdict.MALFORMED
         _take_finish(choices, self.ex)
         if not choices:
             return _Verdict.DROP if self.hide_usage and usage is not None else _Verdict.FORWARD
@@ -768,12 +799,18 @@ async def _pieces_until(pieces: AsyncIterator[bytes], deadline: float) -> AsyncI
         remaining = deadline - time.time()
         if remaining <= 0:
             raise _DeadlineReached
+        # Not asyncio.wait_for: on Python 3.11 it loses a cancellation (the client
+        # leaving) that lands in the same turn as the piece it waited for.
+        deadline_hit = asyncio.timeout(remaining)
         try:
-            piece = await asyncio.wait_for(anext(pieces), remaining)
+            async with deadline_hit:
+                piece = await anext(pieces)
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise _DeadlineReached from None
+            if deadline_hit.expired():
+                raise _DeadlineReached from None
+            raise
         yield piece
 
 
@@ -870,17 +907,23 @@ def _read_usage(payload: bytes, ex: Exchange) -> None:
 
 
 async def _upstream_refusal(resp: UpstreamResponse, backend: Backend) -> OpenAIError:
-    """A backend's 4xx is the client's fault: pass it on. Its 5xx is ours: 502."""
+    """A backend's 4xx is the client's fault: pass it on (its code, else
+    ``upstream_rejected``, never one that sends the request down the fallback chain).
+    Its 5xx is ours: 502."""
     payload = await resp.read()
     message = payload[:500].decode(errors="replace")
-    code = "upstream_error"
+    code = "upstream_rejected"
     try:
-        error = orjson.loads(payload).get("error")
-        if isinstance(error, dict):
+        body = orjson.loads(payload)
+        error = body.get("error")
+        if isinstance(error, dict):  # OpenAI's shape
             message = str(error.get("message", message))
-            code = str(error.get("code") or code)
-        elif isinstance(error, str):
+            if isinstance(error.get("code"), str) and error["code"]:
+                code = error["code"]
+        elif isinstance(error, str):  # TGI's {"error": ..., "error_type": ...}
             message = error
+        elif isinstance(body.get("message"), str):  # vLLM's and SGLang's {"object": "error", ...}
+            message = body["message"]
     except (orjson.JSONDecodeError, AttributeError):
         pass
     if resp.status >= 500:

@@ -18,7 +18,7 @@ import calendar
 import enum
 import sys
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime  # calendar arithmetic on a given time; no clock is read
 from typing import NamedTuple
@@ -302,9 +302,12 @@ class Account:
         # release of more than was held could take ``reserved`` below zero.
         assert min(self.reserved.input_tokens, self.reserved.cost_micros, self.reserved.calls) >= 0
 
-    def expire(self, now: float) -> list[str]:
-        """Drop holds past their expiry (requests that crashed); returns their ids."""
-        gone = [rid for rid, hold in self.held.items() if hold.expires_at <= now]
+    def expire(self, now: float, keep: Container[str] = ()) -> list[str]:
+        """Drop holds past their expiry (requests that crashed), but not those of the
+        requests in ``keep`` (known to be still running); returns their ids."""
+        gone = [
+            rid for rid, hold in self.held.items() if hold.expires_at <= now and rid not in keep
+        ]
         for rid in gone:
             self._release(rid)
         return gone
@@ -407,8 +410,8 @@ class Book:
             if account is not None:
                 account.settle(request_id, actual, now)
 
-    def expire(self, now: float) -> set[str]:
+    def expire(self, now: float, keep: Container[str] = ()) -> set[str]:
         expired: set[str] = set()
         for account in self.accounts.values():
-            expired.update(account.expire(now))
+            expired.update(account.expire(now, keep))
         return expired
