@@ -12,6 +12,9 @@ end and the server allowed keep-alive; one idle for longer than
 ``idle_timeout_s`` (below uvicorn's default keep-alive of 5 s) is closed
 rather than risk a race with the server closing it. A reused connection
 that breaks before any byte of the answer is retried once on a fresh one.
+At most ``max_connections_per_host`` exchanges per host at once, so at most that
+many connections: a slot is taken before a connection and freed only when its
+response is finished with (read to the end, closed, or failed).
 """
 
 from __future__ import annotations
@@ -170,20 +173,32 @@ class _Connection(asyncio.Protocol):
 
 
 class _Response:
-    """The answer on one pooled connection; given back to the pool once fully read."""
+    """The answer on one pooled connection; given back to the pool once fully read.
 
-    __slots__ = ("_conn", "_pool", "_released", "content_type", "status")
+    It holds its host's connection slot until it is finished with (read to the end,
+    or closed): a stream keeps its connection open long after its headers.
+    """
 
-    def __init__(self, conn: _Connection, pool: Http1Upstream) -> None:
+    __slots__ = ("_conn", "_done", "_pool", "_slot", "content_type", "status")
+
+    def __init__(self, conn: _Connection, pool: Http1Upstream, slot: asyncio.Semaphore) -> None:
         self._conn = conn
         self._pool = pool
-        self._released = False
+        self._slot = slot
+        self._done = False
         self.status = conn.status
         self.content_type = conn.content_type
 
-    def _release(self) -> None:
-        self._released = True
-        self._pool.release(self._conn)
+    def _finish(self, reuse: bool) -> None:
+        """Pool or drop the connection and free the slot, exactly once."""
+        if self._done:
+            return
+        self._done = True
+        if reuse:
+            self._pool.release(self._conn)
+        else:
+            self._conn.close()
+        self._slot.release()
 
     async def read(self) -> bytes:
         conn = self._conn
@@ -194,7 +209,7 @@ class _Response:
             self.close()
             raise
         body = b"".join(conn.take_chunks())
-        self._release()
+        self._finish(reuse=True)
         return body
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -211,18 +226,25 @@ class _Response:
                     break
                 await conn.wait("in the middle of a stream")
         except BaseException:
-            self.close()  # a no-op once released: the connection may serve another request
+            self.close()  # a no-op once finished: the connection may serve another request
             raise
-        self._release()
+        self._finish(reuse=True)
 
     def close(self) -> None:
-        if self._released:
+        if self._done:
             return
-        if self._conn.message_done and not self._conn.closed:
+        reuse = self._conn.message_done and not self._conn.closed
+        if reuse:
             self._conn.take_chunks()  # e.g. the end of a stream after its [DONE]
-            self._release()
-        else:
-            self._conn.close()  # the server sees the client leave and stops generating
+        # Otherwise the connection closes: the server sees the client leave and stops.
+        self._finish(reuse)
+
+    def __del__(self) -> None:
+        # A response dropped unfinished (a caller's bug) must not hold its slot for good.
+        if not self._done:
+            self._done = True
+            self._slot.release()
+            self._conn.close()
 
 
 class Http1Upstream:
@@ -268,21 +290,30 @@ class Http1Upstream:
                 body,
             )
         )
-        slots = self._slots.get(key)
-        if slots is None:
-            slots = self._slots[key] = asyncio.Semaphore(self.max_connections_per_host)
-        async with slots:
+        slot = self._slots.get(key)
+        if slot is None:
+            # Bounded: releasing one slot twice is a bug, and raises rather than lifting the cap.
+            slot = self._slots[key] = asyncio.BoundedSemaphore(self.max_connections_per_host)
+        # Held until the response is finished with, not only until its headers: a stream
+        # keeps its connection busy, and the limit is on connections.
+        await slot.acquire()
+        try:
             conn = await self._acquire(key, url)
             try:
-                return await self._exchange(conn, request, url)
+                return await self._exchange(conn, request, url, slot)
             except UpstreamDisconnected:
                 if not (conn.reused and not conn.got_bytes):
                     raise
             # The server closed a kept-alive connection as we reused it: nothing was
             # processed, so one fresh attempt is safe.
-            return await self._exchange(await self._connect(key, url), request, url)
+            return await self._exchange(await self._connect(key, url), request, url, slot)
+        except BaseException:
+            slot.release()  # no response took the slot over (failure, cancellation)
+            raise
 
-    async def _exchange(self, conn: _Connection, request: bytes, url: str) -> _Response:
+    async def _exchange(
+        self, conn: _Connection, request: bytes, url: str, slot: asyncio.Semaphore
+    ) -> _Response:
         assert conn.transport is not None
         conn.transport.write(request)
         try:
@@ -291,7 +322,7 @@ class Http1Upstream:
         except BaseException:
             conn.close()
             raise
-        return _Response(conn, self)
+        return _Response(conn, self, slot)
 
     async def _acquire(self, key: tuple[str, int, bool], url: str) -> _Connection:
         idle = self._idle.get(key)
