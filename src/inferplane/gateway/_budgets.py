@@ -258,7 +258,8 @@ class BudgetGate:
         now: float,
         choices: int = 1,
     ) -> Amount:
-        # A hold outlives the longest a request may legitimately take.
+        # Expiry is for holds whose request is gone without settling (a bug): a running
+        # request's hold stays however long it takes (``_running``).
         ttl = self.config.gateway.read_timeout_s * 4
         if now < self._valid_until and self._hold(request_id, scopes, amount, now, ttl):
             return amount  # the hot path: what this process has leased covers it
