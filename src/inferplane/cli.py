@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
 import sys
 from collections.abc import Callable, Sequence
@@ -54,14 +55,85 @@ def fail(message: str) -> NoReturn:
 
 def _guard(fn: Callable[[], T]) -> T:
     """Turn the errors users cause (bad config, unknown GPU...) into one line each."""
+    from pydantic import ValidationError
+
     from inferplane.config import ConfigError
     from inferplane.launcher import LaunchError
     from inferplane.ledger import DatabaseError
 
     try:
         return fn()
+    except ValidationError as exc:  # a model built from options: one line, not pydantic's
+        fail(
+            "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'value'}: "
+                + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+        )
     except (ConfigError, LaunchError, DatabaseError, ValueError, OSError) as exc:
         fail(str(exc))
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Create ``folder`` and its parents; None when done, else why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # The first path upwards that exists: a file there is what stops it.
+        there = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            return f"{there} is a file, not a folder"
+        return f"cannot create {folder}: {exc.strerror or exc}"
+    return None
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` before any work is done, or fail with one line naming it as
+    ``what`` (``--out``, or the default result folder)."""
+    if (problem := _folder_problem(folder)) is not None:
+        fail(f"{what} {folder}: {problem}")
+
+
+def _out_file(out: Path) -> None:
+    """A report file's folder made up front, so a bad ``--out`` fails before a benchmark."""
+    if out.is_dir():
+        fail(f"--out {out}: is a folder; give the path of a file")
+    if (problem := _folder_problem(out.parent)) is not None:
+        fail(f"--out {out}: {problem}")
+
+
+def _num(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _at_least(value: float, least: float, option: str) -> None:
+    if value < least:
+        fail(f"{option} must be at least {_num(least)}, got {_num(value)}")
+
+
+def _positive(value: float, option: str) -> None:
+    if not 0 < value < math.inf:  # NaN and inf too
+        fail(f"{option} must be a number above 0, got {_num(value)}")
+
+
+def _at_most(value: float, most: float, option: str) -> None:
+    if value > most:
+        fail(f"{option} must be at most {_num(most)}, got {_num(value)}")
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _numbers(text: str, kind: type[_N], option: str, what: str) -> list[_N]:
+    """A comma-separated list of numbers given to ``option``, at least one."""
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        fail(f"{option} takes {what} separated by commas, got {text!r}")
+    if not values:
+        fail(f"{option} takes {what} separated by commas, got none")
+    return values
 
 
 def _version(value: bool) -> None:
@@ -270,16 +342,20 @@ def simulate(
     """Run a scenario on the digital twin: the gateway's policies on a simulated clock."""
     from rich.progress import Progress
 
-    from inferplane.twin import run_scenario
+    from inferplane.twin import load_scenario, simulate_to
 
+    spec = _guard(lambda: load_scenario(scenario))
     folder = out or Path("twin-results") / scenario.stem
+    _make_folder(folder, "--out" if out else "result folder")
     with Progress(console=err, transient=True, disable=quiet) as bar:
         task = bar.add_task("simulating", total=None)
 
         def progress(now: float, horizon: float | None) -> None:
             bar.update(task, completed=now, total=horizon, description=f"t={now:,.0f} s")
 
-        summary = _guard(lambda: run_scenario(scenario, folder, progress))
+        summary = _guard(
+            lambda: simulate_to(spec, folder, base_dir=scenario.parent, progress=progress)
+        )
     _print_summary(summary)
     console.print(f"results: {folder}/ (summary.json, timeseries.csv, requests.csv)")
 
@@ -351,8 +427,11 @@ def plan(
 
     if format not in ("html", "md"):
         fail(f"unknown format {format!r}; supported: html, md")
+    if workers is not None:
+        _at_least(workers, 1, "--workers")
     spec = _guard(lambda: load_plan(plan_file))
     folder = out or Path("plan-results") / plan_file.stem
+    _make_folder(folder, "--out" if out else "result folder")  # before the search, not after
     from rich.progress import Progress
 
     start = time.perf_counter()
@@ -364,11 +443,14 @@ def plan(
 
         result = _guard(lambda: search(spec, workers=workers, progress=progress))
     result["elapsed_s"] = time.perf_counter() - start
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
-    if format == "html":
-        (folder / "report.html").write_text(render_html(result))
-    (folder / "report.md").write_text(render_markdown(result))
+
+    def write() -> None:
+        (folder / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
+        if format == "html":
+            (folder / "report.html").write_text(render_html(result))
+        (folder / "report.md").write_text(render_markdown(result))
+
+    _guard(write)
     _print_plan(result)
     console.print(f"results: {folder}/ ({result['elapsed_s']:.0f} s)")
 
@@ -472,6 +554,10 @@ def bench_overhead(
         fail(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(known)}")
     chosen = tuple(known[name] for name in scenario) if scenario else SCENARIOS
     levels = tuple(concurrency or (1, 16, 64, 200))
+    for level in levels:
+        _at_least(level, 1, "--concurrency")
+    _positive(duration, "--duration")
+    _out_file(out)
     _guard(
         lambda: run_overhead(concurrencies=levels, duration_s=duration, scenarios=chosen, out=out)
     )
@@ -611,7 +697,15 @@ def bench_slo(
     """SLO attainment, goodput and fairness under 0.5-3x load: inferplane vs FIFO."""
     from inferplane.bench.slo import run_slo
 
-    levels = tuple(_guard(lambda: [float(x) for x in loads.split(",") if x]))
+    _at_least(replicas, 1, "--replicas")
+    _at_least(slots, 1, "--slots")
+    _positive(time_scale, "--time-scale")
+    _positive(duration, "--duration")
+    _at_least(prefix_replicas, 0, "--prefix-replicas")
+    levels = tuple(_numbers(loads, float, "--loads", "loads"))
+    for level in levels:
+        _positive(level, "--loads: each load")
+    _out_file(out)
     _guard(
         lambda: run_slo(
             replicas=replicas,
@@ -639,13 +733,21 @@ def bench_twin(
     out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/twin.json"),
 ) -> None:
     """Simulated requests per wall-clock second of the twin, by fleet size and length."""
-    from inferplane.bench.twin import run_twin_bench
+    from inferplane.bench.twin import MAX_LOAD, MAX_REPLICAS, MAX_REQUESTS, run_twin_bench
 
-    sizes = tuple(_guard(lambda: [int(x) for x in fleets.split(",") if x]))
-    if not sizes or min(sizes) < 1 or requests < 100 or load <= 0:
-        fail("need fleet sizes >= 1, --requests >= 100 and --load > 0")
-    run_twin_bench(
-        fleets=sizes, requests=requests, load=load, seed=seed, out=out, echo=console.print
+    sizes = tuple(_numbers(fleets, int, "--fleets", "replica counts"))
+    for size in sizes:
+        _at_least(size, 1, "--fleets: each fleet size")
+        _at_most(size, MAX_REPLICAS, "--fleets: each fleet size")
+    _at_least(requests, 100, "--requests")
+    _at_most(requests, MAX_REQUESTS, "--requests")
+    _positive(load, "--load")
+    _at_most(load, MAX_LOAD, "--load")
+    _out_file(out)
+    _guard(
+        lambda: run_twin_bench(
+            fleets=sizes, requests=requests, load=load, seed=seed, out=out, echo=console.print
+        )
     )
     console.print(f"JSON: {out}")
 
@@ -658,6 +760,9 @@ def bench_plan(
     """Time to a plan over 4 GPU types x 3 TP degrees x 1-64 replicas."""
     from inferplane.bench.plan import run_plan_bench
 
+    if workers is not None:
+        _at_least(workers, 1, "--workers")
+    _out_file(out)
     _guard(lambda: run_plan_bench(workers=workers, out=out, echo=console.print))
     console.print(f"JSON: {out}")
 
@@ -679,6 +784,10 @@ def bench_budgets(
     PostgreSQL when given)."""
     from inferplane.bench.budgets import run_budgets
 
+    _at_least(concurrency, 1, "--concurrency")
+    _positive(duration, "--duration")
+    _at_least(rounds, 1, "--rounds")
+    _out_file(out)
     _guard(
         lambda: run_budgets(
             concurrency=concurrency,

@@ -17,6 +17,7 @@ from .conftest import MODEL, client
 pytestmark = pytest.mark.integration
 
 CLI = [sys.executable, "-m", "inferplane"]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _port_open(port: int) -> bool:
@@ -79,6 +80,19 @@ tenants:
         (["engine", "emulate", "--gpu", "TPUv9"], "TPUv9"),
         (["engine", "emulate", "--model", "llama-3.1-70b", "--gpu", "L4"], "tp"),
         (["bench", "overhead", "--scenario", "nope"], "unknown scenario nope"),
+        # Options checked before any work, each with its range.
+        (["bench", "twin", "--load", "1e9"], "--load must be at most 10, got 1e+09"),
+        (["bench", "twin", "--load", "nan"], "--load must be a number above 0"),
+        (["bench", "twin", "--requests", "5"], "--requests must be at least 100, got 5"),
+        (["bench", "twin", "--fleets", "8,0"], "--fleets: each fleet size must be at least 1"),
+        (["bench", "twin", "--fleets", "8,x"], "--fleets takes replica counts separated by"),
+        (["bench", "plan", "--workers", "-1"], "--workers must be at least 1, got -1"),
+        (["plan", str(EXAMPLES / "plan-chat.yaml"), "--workers", "-3"], "--workers must be"),
+        (["bench", "overhead", "--duration", "0"], "--duration must be a number above 0"),
+        (["bench", "overhead", "-n", "0"], "--concurrency must be at least 1, got 0"),
+        (["bench", "slo", "--loads", "1,-2"], "--loads: each load must be a number above 0"),
+        (["bench", "slo", "--replicas", "0"], "--replicas must be at least 1"),
+        (["bench", "budgets", "--rounds", "0"], "--rounds must be at least 1"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(argv: list[str], message: str) -> None:
@@ -86,7 +100,32 @@ def test_user_errors_are_one_line_without_traceback(argv: list[str], message: st
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert result.stderr.startswith("error:")
+    assert result.stderr.startswith("error:") and result.stderr.count("\n") == 1
+
+
+def test_an_out_through_a_file_is_one_line_before_any_work(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    cases = [
+        (["simulate", str(EXAMPLES / "twin-chat-fleet.yaml"), "--out", str(taken), "-q"], taken),
+        (["plan", str(EXAMPLES / "plan-chat.yaml"), "--out", str(taken / "sub"), "-q"], taken),
+        (
+            ["bench", "twin", "--fleets", "1", "--requests", "100", "--out", str(taken / "x.json")],
+            taken,
+        ),
+    ]
+    for argv, blocking in cases:
+        result = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, result.stderr
+        out = argv[argv.index("--out") + 1]
+        assert result.stderr == f"error: --out {out}: {blocking} is a file, not a folder\n"
+        assert result.stdout == ""  # nothing ran
+    folder = subprocess.run(
+        [*CLI, "bench", "twin", "--out", str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
+    assert folder.returncode == 2
+    assert folder.stderr == f"error: --out {tmp_path}: is a folder; give the path of a file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
 def test_config_check_reports_the_line(tmp_path: Path) -> None:

@@ -23,7 +23,14 @@ from typing import Any
 from inferplane.bench._report import save_report
 from inferplane.twin import Scenario, Simulation
 
-__all__ = ["run_twin_bench"]
+__all__ = ["MAX_LOAD", "MAX_REPLICAS", "MAX_REQUESTS", "run_twin_bench"]
+
+# The ranges the command takes: beyond them a run says nothing more about the twin's speed
+# (10x overload only fills queues) or would outlast any sitting; within them the stream's
+# rate (load x ~37 req/s x replicas) stays inside the twin's 10**7 req/s.
+MAX_LOAD = 10.0
+MAX_REPLICAS = 10_000
+MAX_REQUESTS = 10_000_000
 
 _PROMPT = {"lognormal": {"median": 512, "sigma": 0.8, "max": 4096}}
 _OUTPUT = {"lognormal": {"median": 128, "sigma": 0.8, "max": 1024}}

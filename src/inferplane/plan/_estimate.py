@@ -18,11 +18,20 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from inferplane.perf import PerfModel, StepShape, causal_attention_pairs
-from inferplane.twin._lengths import LengthSpec, Role, length_sampler
+from inferplane.twin._lengths import (
+    FixedLength,
+    LengthSpec,
+    LogNormalFit,
+    LogNormalLength,
+    Role,
+    UniformLength,
+    length_sampler,
+)
 
-__all__ = ["ReplicaEstimate", "estimate_replica", "mean_length"]
+__all__ = ["ReplicaEstimate", "estimate_replica", "longest_length", "mean_length"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,35 @@ def mean_length(spec: LengthSpec, role: Role, seed: int = 0, draws: int = 4000) 
     draw = length_sampler(spec, role)
     rng = random.Random(seed)
     return sum(draw(rng) for _ in range(draws)) / draws
+
+
+# An unbounded lognormal has no longest draw: take the length it exceeds once in 10**12
+# draws (a plan's twin runs draw about a million), 7 standard deviations above the median.
+_UNBOUNDED_TAIL = 1e-12
+
+
+def longest_length(spec: LengthSpec, role: Role) -> tuple[int, bool]:
+    """The longest length ``spec`` draws, and whether that is its bound (False: a lognormal
+    without ``max``, whose length exceeded once in 10**12 draws stands in)."""
+    if isinstance(spec, FixedLength):
+        return spec.fixed, True
+    if isinstance(spec, UniformLength):
+        return spec.uniform[1], True
+    if isinstance(spec, LogNormalLength):
+        fit = LogNormalFit(spec.lognormal.median, spec.lognormal.sigma, spec.lognormal.max)
+    else:
+        found = spec.fit(role)
+        if found is None:  # the sampler says which presets have a fit
+            length_sampler(spec, role)
+        assert found is not None
+        fit = found
+    if fit.sigma == 0:  # every draw is the median, clamped
+        median = max(1, int(fit.median + 0.5))
+        return (median if fit.max is None else min(median, fit.max)), True
+    if fit.max is not None:
+        return fit.max, True
+    z = NormalDist().inv_cdf(1 - _UNBOUNDED_TAIL)
+    return max(1, int(math.exp(math.log(fit.median) + z * fit.sigma) + 0.5)), False
 
 
 def estimate_replica(

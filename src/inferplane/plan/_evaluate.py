@@ -127,7 +127,10 @@ def evaluate(
         view = summary["by_class"].get(name)
         if view is None or not view["completed"]:
             ttft[name] = e2e[name] = attained[name] = None
-            meets &= view is None or not view["arrived"]  # arrived, none served: a miss
+            if slo.ttft_p99_s is not None or slo.e2e_p99_s is not None:
+                meets = False  # a target nothing measured is not met
+            else:
+                meets &= view is None or not view["arrived"]  # arrived, none served: a miss
             continue
         ttft[name] = t = float(view["ttft_s"]["p99"])
         e2e[name] = e = float(view["e2e_s"]["p99"])
@@ -136,7 +139,8 @@ def evaluate(
             meets &= t <= slo.ttft_p99_s and a >= slo.min_attainment
         if slo.e2e_p99_s is not None:
             meets &= e <= slo.e2e_p99_s
-    total = summary["total"]
+    # None when no request arrived at all (a load too low for the run's length).
+    total = summary["total"] or {"completed": 0, "input_tokens": 0, "output_tokens": 0}
     window = summary["arrival_window_s"] or 1.0
     replicas = summary["replicas"]
     busy = sum(r["busy_fraction"] for r in replicas) / max(1, len(replicas))

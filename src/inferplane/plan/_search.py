@@ -24,9 +24,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from inferplane.engines import EngineLimits
 from inferplane.perf import PerfModel, get_gpu, get_model
 from inferplane.plan._economics import cloud_vs_owned, follow_the_day
-from inferplane.plan._estimate import ReplicaEstimate, estimate_replica, mean_length
+from inferplane.plan._estimate import (
+    ReplicaEstimate,
+    estimate_replica,
+    longest_length,
+    mean_length,
+)
 from inferplane.plan._evaluate import Fleet, Outcome, evaluate
 from inferplane.plan._placement import place, unplaceable
 from inferplane.plan._spec import PlanSpec
@@ -122,6 +128,10 @@ def search(
     model = get_model(spec.model)
     prompt = mean_length(spec.workload.prompt_tokens, "prompt", spec.seed)
     output = mean_length(spec.workload.output_tokens, "output", spec.seed)
+    longest = (
+        longest_length(spec.workload.prompt_tokens, "prompt"),
+        longest_length(spec.workload.output_tokens, "output"),
+    )
     estimates: dict[tuple[str, int], ReplicaEstimate] = {}
     skipped: list[dict[str, Any]] = []
     for gpu in spec.gpus:
@@ -133,6 +143,9 @@ def search(
                 perf = PerfModel(get_gpu(gpu), model, tp)
             except ValueError as exc:
                 skipped.append({"gpu": gpu, "tp": tp, "reason": str(exc)})
+                continue
+            if (reason := _too_long(perf, longest)) is not None:
+                skipped.append({"gpu": gpu, "tp": tp, "reason": reason})
                 continue
             est = estimate_replica(perf, prompt, output, spec.max_num_seqs)
             if est is None:
@@ -252,6 +265,30 @@ def search(
         + sum(len(points) for points in curves.values())
         + (2 if spike_test is not None else 0),
     }
+
+
+def _too_long(perf: PerfModel, longest: tuple[tuple[int, bool], tuple[int, bool]]) -> str | None:
+    """Why a replica cannot serve the workload's longest request (its prompt and output
+    held in KV blocks at once, as the engine admits it), or None when it can."""
+    (prompt, prompt_bounded), (output, output_bounded) = longest
+    block = EngineLimits().block_size  # the twin's replicas keep the engine's default
+    if -(-(prompt + output) // block) <= perf.kv_capacity_tokens // block:
+        return None
+    unbounded = [
+        role
+        for role, bounded in (("prompt", prompt_bounded), ("output", output_bounded))
+        if not bounded
+    ]
+    note = (
+        f" ({' and '.join(unbounded)} lengths without a max: the length exceeded once in "
+        "10^12 draws; give them a max)"
+        if unbounded
+        else ""
+    )
+    return (
+        f"the longest request, {prompt:,} prompt + {output:,} output tokens, does not fit "
+        f"a replica's KV cache of {perf.kv_capacity_tokens:,} tokens{note}"
+    )
 
 
 def _utilisation(o: Outcome, capacity: dict[tuple[str, int], float]) -> float:

@@ -3,6 +3,7 @@ from with its prices; one YAML file, every key checked."""
 
 from __future__ import annotations
 
+import math
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,20 @@ from inferplane.config import Strict, load_yaml
 from inferplane.perf import get_gpu, get_model
 from inferplane.twin._lengths import LengthSpec
 
-__all__ = ["ClassSlo", "GpuOffer", "PlanSpec", "PlanWorkload", "RegionOffer", "load_plan"]
+__all__ = [
+    "MIN_REQUESTS",
+    "ClassSlo",
+    "GpuOffer",
+    "PlanSpec",
+    "PlanWorkload",
+    "RegionOffer",
+    "load_plan",
+]
+
+# Requests of each class a twin run at the peak must see to measure its P99: with fewer,
+# the 99th percentile is no different from the largest value seen.
+MIN_REQUESTS = 100
+_MAX_TWIN_SECONDS = 86_400
 
 
 class ClassSlo(Strict):
@@ -129,8 +143,9 @@ class PlanSpec(Strict):
     max_num_seqs: int = Field(256, ge=1)
     horizon_months: int = Field(36, ge=1, le=120)
     seed: int = 0
-    # Simulated seconds of each twin run at a load level.
-    twin_seconds: float = Field(120.0, gt=0, le=86_400)
+    # Simulated seconds of each twin run at a load level (checked even when left out: the
+    # run must see enough requests of every class to measure its P99).
+    twin_seconds: float = Field(120.0, gt=0, le=_MAX_TWIN_SECONDS, validate_default=True)
 
     @model_validator(mode="after")
     def _consistent(self) -> PlanSpec:
@@ -153,6 +168,40 @@ class PlanSpec(Strict):
 
     # Field validators (not the model's) so that an error points at the key's line; the
     # fields they read come before theirs and are absent when they failed.
+
+    @field_validator("twin_seconds")
+    @classmethod
+    def _enough_requests(cls, seconds: float, info: ValidationInfo) -> float:
+        """A run at the peak must see at least ``MIN_REQUESTS`` requests of each class with a
+        target: fewer have no 99th percentile apart from their maximum, and a run that saw
+        none would "meet" any target."""
+        workload: PlanWorkload | None = info.data.get("workload")
+        slos: dict[str, ClassSlo] | None = info.data.get("slos")
+        if workload is None or not slos:
+            return seconds
+        targeted = {
+            name: slo.share
+            for name, slo in slos.items()
+            if slo.ttft_p99_s is not None or slo.e2e_p99_s is not None
+        }
+        if not targeted:
+            return seconds  # the model validator says there is nothing to meet
+        name, share = min(targeted.items(), key=lambda item: item[1])
+        expected = workload.peak_rps * share * seconds
+        if expected < MIN_REQUESTS * (1 - 1e-9):
+            needed = math.ceil(round(MIN_REQUESTS / (workload.peak_rps * share), 6))
+            of_class = "" if len(slos) == 1 else f" of class {name}"
+            fix = (
+                f"set twin_seconds to {needed:,} or more"
+                if needed <= _MAX_TWIN_SECONDS
+                else f"that takes twin_seconds {needed:,}, above the {_MAX_TWIN_SECONDS:,} allowed"
+            )
+            raise ValueError(
+                f"at peak_rps {workload.peak_rps:g} a twin run of {seconds:g} s sees about "
+                f"{expected:.3g} requests{of_class}; measuring a P99 needs at least "
+                f"{MIN_REQUESTS}: {fix}"
+            )
+        return seconds
 
     @field_validator("regions")
     @classmethod

@@ -49,7 +49,8 @@ class _LogStats:
 
     def spec(self) -> dict[str, Any]:
         sigma = math.sqrt(self.m2 / self.n) if self.n > 1 else 0.0
-        median = math.exp(self.mean)
+        # exp(log(n)) may come back a hair above n: the median of equal lengths is n.
+        median = min(math.exp(self.mean), self.max)
         return {"lognormal": {"median": median, "sigma": min(sigma, 10.0), "max": self.max}}
 
 
@@ -63,9 +64,12 @@ def profile_trace(path: Path, *, growth: float = 1.0) -> TraceProfile:
         if first is None:
             first = window_start = a.time
         last = a.time
-        while a.time >= window_start + _PEAK_WINDOW_S:
+        if a.time >= window_start + _PEAK_WINDOW_S:
+            # Straight to the window of this arrival (the minutes between saw none): a
+            # gap of years in a trace is one step, not one per minute.
             busiest = max(busiest, in_window)
-            window_start, in_window = window_start + _PEAK_WINDOW_S, 0
+            windows = max(1, math.floor((a.time - window_start) / _PEAK_WINDOW_S))
+            window_start, in_window = window_start + windows * _PEAK_WINDOW_S, 0
         in_window += 1
         prompts.add(a.prompt_tokens)
         outputs.add(a.output_tokens)
