@@ -73,6 +73,13 @@ def test_llama_70b_needs_two_h100s() -> None:
     # tp=2: (2 * 74,830,708,736 - 141,107,412,992) / 327,680 = 26,104.5 -> 26,104
     # (the check of the brief: 141 GB < 2 * 80 GB * 0.9 = 144 GB).
     assert PerfModel(H100, LLAMA_70B, tp=2).kv_capacity_tokens == 26_104
+
+
+def test_the_tp_a_model_that_does_not_fit_is_told_to_use_is_one_it_can_use() -> None:
+    # 141 GB over 21.1 GB usable per L4 needs 7 GPUs' memory, but 7 does not divide
+    # the 64 attention heads: the advice is the next degree that does, 8.
+    with pytest.raises(ValueError, match=r"does not fit on 1 x L4.*needs tp >= 8$"):
+        PerfModel(GPUS["L4"], LLAMA_70B)
     # tp=4: (4 * 74,830,708,736 - 141,107,412,992) / 327,680 = 482,835.1 -> 482,835
     assert PerfModel(H100, LLAMA_70B, tp=4).kv_capacity_tokens == 482_835
 

@@ -285,7 +285,16 @@ class PerfModel:
 
     def _does_not_fit_message(self, usable_per_gpu: float) -> str:
         gb = 1e9
-        min_tp = math.floor(self.model.weight_bytes / usable_per_gpu) + 1
+        model = self.model
+        least = math.floor(model.weight_bytes / usable_per_gpu) + 1
+        # The smallest degree vLLM can shard this model over (see __init__'s checks).
+        valid = [
+            t
+            for t in range(least, model.num_attention_heads + 1)
+            if model.num_attention_heads % t == 0
+            and (model.num_kv_heads % t == 0 or t % model.num_kv_heads == 0)
+        ]
+        need = f"needs tp >= {valid[0]}" if valid else "no tensor-parallel degree fits it"
         eff = self.efficiency
         return (
             f"{self.model.name} does not fit on {self.tp} x {self.gpu.name}: "
@@ -293,7 +302,7 @@ class PerfModel:
             f"{usable_per_gpu / gb:.1f} GB usable (device memory x gpu_memory_utilization "
             f"{eff.gpu_memory_utilization} minus activation reserve "
             f"{eff.activation_reserve_fraction}) leaves no room for KV cache; "
-            f"needs tp >= {min_tp}"
+            f"{need}"
         )
 
     def __repr__(self) -> str:
