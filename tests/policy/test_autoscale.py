@@ -116,6 +116,21 @@ def test_scale_down_waits_for_the_window_then_follows_the_highest_recommendation
     assert dict(targets)[315.0] == 2
 
 
+def test_the_first_evaluation_holds_the_current_size_for_a_whole_down_window() -> None:
+    # As HPA, the history starts with the pool's size: an idle pool that just started
+    # shrinks once scale_down_window_s (300 s) has passed, not at its first evaluation.
+    scaler, clock = Autoscaler(CONFIG), Clock()
+    assert scaler.decide(signals(4), clock.now) == ScaleDecision(4, "stabilising")
+    targets = {clock.tick(): scaler.decide(signals(4), clock.now).target for _ in range(21)}
+    assert {n for t, n in targets.items() if t < 300} == {4}
+    assert targets[300.0] == 1
+    # Growing is not held back: the up window is 0 s.
+    assert Autoscaler(CONFIG).decide(signals(2, load=128), 0.0) == ScaleDecision(4, "load")
+    # No window: as before, the first evaluation may shrink at once.
+    at_once = AutoscaleConfig(max_replicas=16, scale_down_window_s=0)
+    assert Autoscaler(at_once).decide(signals(4), 0.0) == ScaleDecision(1, "min_replicas")
+
+
 def test_max_step_down_limits_each_decision() -> None:
     config = AutoscaleConfig(max_replicas=16, max_step_down=2, scale_down_window_s=0)
     scaler = Autoscaler(config)

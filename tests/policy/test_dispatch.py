@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,6 +85,32 @@ def test_requests_that_wait_too_long_leave_the_queue() -> None:
     assert d.next_expiry() == 3.0
     assert d.cancel("i") and not d.cancel("i")
     assert d.next_expiry() is None
+
+
+@pytest.mark.parametrize("tokens", [False, True], ids=["slots", "tokens"])
+def test_with_no_capacity_anywhere_requests_queue_until_their_class_bound(tokens: bool) -> None:
+    # Every replica down (a driver gives those no slots or tokens) after a service time was
+    # measured: no rate to predict a wait from, so nothing is refused at admission (a
+    # replica may come back: a repair, a cold start); the wait bound still holds.
+    slots: list[int | None] = [None, None] if tokens else [2, 2]
+    d = Dispatcher(CLASSES, slots, aging_s=10, token_capacity=[1000, 1000] if tokens else None)
+    d.submit(item("r0"), 0.0)
+    [(_, replica)] = d.dispatch(0.0)
+    d.finished(replica, service_s=1.0, tokens=100)
+    d.slots[:] = [0, 0]
+    if tokens:
+        d.token_capacity[:] = [0, 0]
+    assert d.predicted_wait("realtime", tokens=100) == 0.0
+    for i in range(5):
+        assert d.submit(item(f"q{i}", "realtime", at=1.0), 1.0) is None
+    assert d.dispatch(1.0) == []
+    assert [i.request_id for i in d.expire(1.6)] == [f"q{i}" for i in range(5)]
+    # One comes back: what waits starts there.
+    d.submit(item("late", at=2.0), 2.0)
+    d.slots[1] = slots[1]
+    if tokens:
+        d.token_capacity[1] = 1000
+    assert [(i.request_id, r) for i, r in d.dispatch(2.5)] == [("late", 1)]
 
 
 @settings(max_examples=200)

@@ -214,6 +214,19 @@ def test_two_diurnals_multiply() -> None:
     assert Intensity(10, first(spec(stream(shape=[flat]))).shape).homogeneous
 
 
+@pytest.mark.parametrize("factor", [0.0, 3.0])
+def test_a_step_from_the_start_for_ever_scales_the_whole_stream(factor: float) -> None:
+    # One segment from t = 0 at the step's factor: not the plain rate.
+    step = {"step": {"at_s": 0, "factor": factor}}
+    workload = spec(stream(rate=20, shape=[step]), duration_s=300)
+    assert not Intensity(20, first(workload).shape).homogeneous
+    expected = 20 * factor * 300
+    count = len(take(workload))
+    assert count == pytest.approx(expected, abs=4.5 * math.sqrt(expected)), count
+    unit = {"step": {"at_s": 0, "factor": 1}}  # the plain rate: the fast path stays
+    assert Intensity(20, first(spec(stream(shape=[unit]))).shape).homogeneous
+
+
 # --- burstiness -------------------------------------------------------------------------
 
 
@@ -431,6 +444,58 @@ def test_trace_errors_name_file_line_and_column(
     trace = write(tmp_path / name, text)
     with pytest.raises(TraceError, match=message):
         list(read_trace(trace))
+
+
+def test_a_trace_naming_a_model_or_class_the_scenario_lacks_is_refused_at_its_line(
+    tmp_path: Path,
+) -> None:
+    trace = write(tmp_path / "t.csv", HEADER + "0,a,batch,m,10,1,,\n1,a,batch,gpt-9,10,1,,\n")
+    known = {"models": ["m", "n"], "slo_classes": ["batch", "interactive"]}
+    message = r"t\.csv:3: model: 'gpt-9' is not among the models \['m', 'n'\]"
+    with pytest.raises(TraceError, match=message):
+        list(read_trace(trace, **known))
+    trace = write(tmp_path / "t.csv", HEADER + "0,a,platinum,m,10,1,,\n")
+    message = r"t\.csv:2: slo_class: 'platinum' is not among the slo_classes \['batch', 'int"
+    with pytest.raises(TraceError, match=message):
+        list(read_trace(trace, **known))
+    assert len(list(read_trace(trace))) == 1  # no names given: any
+
+
+def test_a_usage_export_row_without_a_class_takes_the_given_default(tmp_path: Path) -> None:
+    trace = write(
+        tmp_path / "events.csv",
+        "request_id,time,tenant,model,slo_class,status,input_tokens,output_tokens\n"
+        "r1,2024-01-01T00:00:00Z,acme,m,,200,100,10\n"
+        "r2,2024-01-01T00:00:01Z,acme,m,batch,200,100,10\n",
+    )
+    replayed = list(read_trace(trace, slo_classes=["gold", "batch"], default_slo_class="gold"))
+    assert [a.slo_class for a in replayed] == ["gold", "batch"]
+    assert [a.slo_class for a in read_trace(trace)] == [DEFAULT_SLO_CLASS, "batch"]
+
+
+def test_a_csv_trace_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    text = "time,tenant,slo_class,model,prompt_tokens,output_tokens\n0,a,b,m,10,1\n"
+    trace = tmp_path / "excel.csv"
+    trace.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert list(read_trace(trace)) == [Arrival(0.0, "a", "b", "m", 10, 1)]
+    jsonl = tmp_path / "bom.jsonl"
+    row = {"time": 0, "tenant": "a", "slo_class": "b", "model": "m"}
+    row |= {"prompt_tokens": 10, "output_tokens": 1}
+    jsonl.write_bytes(b"\xef\xbb\xbf" + json.dumps(row).encode() + b"\n")
+    assert list(read_trace(jsonl)) == [Arrival(0.0, "a", "b", "m", 10, 1)]
+
+
+def test_a_trace_that_is_not_utf8_is_refused_naming_its_file(tmp_path: Path) -> None:
+    trace = tmp_path / "utf16.csv"
+    trace.write_bytes("time,tenant\n".encode("utf-16"))
+    with pytest.raises(TraceError, match=r"utf16\.csv: not UTF-8 text \(byte 0xff"):
+        list(read_trace(trace))
+    later = tmp_path / "latin1.csv"
+    good = "".join(f"{i},a,b,m,10,1,,\n" for i in range(2000))  # decoded in blocks
+    later.write_bytes((HEADER + good + "2000,caf\xe9,b,m,10,1,,\n").encode("latin-1"))
+    message = r"latin1\.csv: not UTF-8 text \(byte 0xe9 after line \d+"
+    with pytest.raises(TraceError, match=message):
+        list(read_trace(later))
 
 
 def test_generated_arrivals_survive_a_trip_through_a_trace(tmp_path: Path) -> None:

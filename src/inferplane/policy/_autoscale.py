@@ -15,6 +15,8 @@ Each evaluation turns the signals into one recommendation, the highest of:
 The recommendation is then stabilised as HPA's ``behavior`` does it: the pool shrinks
 only to the *highest* recommendation of the last ``scale_down_window_s`` (300 s, HPA's
 default) and grows to the *lowest* of the last ``scale_up_window_s`` (0 s: at once).
+As HPA, the first evaluation seeds that history with the pool's current size, so a pool
+does not shrink before a whole window has passed.
 Last, each decision moves at most ``max_step_up`` (or doubles, whichever is more, as
 HPA's default policy) or ``max_step_down`` replicas, within ``[min_replicas,
 max_replicas]``.
@@ -182,6 +184,11 @@ class Autoscaler:
             self._ready_grew_at = now
         self._num_ready = signals.num_ready
         recommended, reason = self._recommend(signals, now)
+        if self._last is None:
+            # The first evaluation: as HPA, seed the history with the pool's current size,
+            # so the pool shrinks only once a whole scale_down_window_s has recommended
+            # less (a run or a controller that just started has seen no traffic yet).
+            self._recommendations.append((now, current))
 
         # Stabilise (HPA's stabilizeRecommendationWithBehaviors): grow to the lowest
         # recommendation of the up window, shrink to the highest of the down window;

@@ -176,7 +176,9 @@ class Dispatcher:
     def predicted_wait(self, slo_class: str, *, tokens: int = 0) -> float:
         """Seconds a request of ``slo_class`` (and ``tokens``) submitted now would wait
         for room: the requests (or tokens) queued ahead of it over the rate at which
-        slots (or tokens) free up, whichever is slower; 0 when it can start at once."""
+        slots (or tokens) free up, whichever is slower; 0 when it can start at once, and
+        when there is no rate to predict from (nothing measured yet, or no replica has
+        any slots or tokens now)."""
         priority = self.classes[slo_class].priority
         ahead = [name for name, c in self.classes.items() if c.priority <= priority]
         num_ahead = sum(self.queue.depth(name) for name in ahead)
@@ -185,14 +187,23 @@ class Dispatcher:
         if self.mean_service_s is None:
             return 0.0  # nothing measured yet: no grounds to refuse
         service_s = max(self.mean_service_s, 1e-6)
+        # No capacity at all right now (every replica down, starting or scaled to zero; a
+        # driver gives those no slots) frees nothing up, so it gives no rate to predict
+        # from; when one comes back (a repair, a cold start) is not this object's to know.
+        # As with no measurement: no grounds to refuse. The request queues and
+        # ``max_queue_s`` bounds its wait (``expire``), so it is served if a replica comes
+        # back in time. Refusing it at once instead would starve a pool scaled to zero:
+        # the queued requests are the demand an autoscaler sees to bring it back.
         waits = []
         if all(s is not None for s in self.slots):
             total_slots = sum(s for s in self.slots if s is not None)
-            waits.append((num_ahead + 1) * service_s / total_slots)
+            if total_slots > 0:
+                waits.append((num_ahead + 1) * service_s / total_slots)
         if all(c is not None for c in self.token_capacity):
             total_tokens = sum(c for c in self.token_capacity if c is not None)
-            tokens_ahead = sum(self.queue.tokens(name) for name in ahead)
-            waits.append((tokens_ahead + max(tokens, 1)) * service_s / total_tokens)
+            if total_tokens > 0:
+                tokens_ahead = sum(self.queue.tokens(name) for name in ahead)
+                waits.append((tokens_ahead + max(tokens, 1)) * service_s / total_tokens)
         return max(waits, default=0.0)
 
     # -- outcomes --------------------------------------------------------------

@@ -156,7 +156,12 @@ class Intensity:
         self._curv = bend * (self._gmax / self._gmin) ** 2
         self.rate = rate
         self._segments = self._cut(steps)
-        self.homogeneous = not self._terms and len(self._segments) == 1
+        # The rate is ``rate`` itself at every t (t = tau / rate, no inversion needed):
+        # no diurnal terms, and no step in force, or only ones whose factors multiply to 1
+        # (a step from t = 0 for ever leaves one segment, but at its own factor).
+        self.homogeneous = (
+            not self._terms and len(self._segments) == 1 and self._segments[0].factor == 1.0
+        )
         self._k = -1  # the segment of the last answer; -1 before the first
         self._last: tuple[float, float, float] = (0.0, 0.0, 1.0)  # t, G(t), g(t)
 

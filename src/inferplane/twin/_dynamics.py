@@ -45,6 +45,9 @@ class PoolScaler:
         self._ttft: deque[DDSketch] = deque([DDSketch(0.01)], maxlen=_TTFT_INTERVALS)
         route.on_first_token = self._observe
         self._busy = {r.index: 0.0 for r in route.replicas}
+        # Per replica, its latest cold start: a timer of an earlier one (cancelled, then
+        # started again before that timer fired) must not make it ready early.
+        self._starts = [0] * len(route.replicas)
         self.decisions: list[tuple[float, int, str]] = []
         loop.at(0.0, self._evaluate)
 
@@ -90,7 +93,8 @@ class PoolScaler:
                     break
                 if r.state is ReplicaState.OFF:
                     gateway.set_state(route, i, ReplicaState.STARTING, now)
-                    self.loop.at(now + self.cold_start_s, self._ready, i)
+                    self._starts[i] += 1
+                    self.loop.at(now + self.cold_start_s, self._ready, (i, self._starts[i]))
                     change -= 1
         elif change < 0:
             # Cancel cold starts first (newest first), then drain the idlest ready ones.
@@ -100,7 +104,10 @@ class PoolScaler:
             for i in [*reversed(starting), *ready][:-change]:
                 gateway.set_state(route, i, ReplicaState.DRAINING, now)
 
-    def _ready(self, now: float, index: int) -> None:
+    def _ready(self, now: float, start: tuple[int, int]) -> None:
+        index, generation = start
+        if generation != self._starts[index]:
+            return  # the timer of a start that was cancelled; a later one is on its way
         if self.route.replicas[index].state is ReplicaState.STARTING:  # not cancelled
             self.gateway.set_state(self.route, index, ReplicaState.READY, now)
 

@@ -53,7 +53,9 @@ class SimRequest:
 
 
 # Told how each request ended: (request, time, outcome). Outcomes: "completed"; refused
-# with "slo_unattainable", "queue_expired" or "no_replica"; "replica_failed" mid-stream.
+# with "slo_unattainable", "queue_expired", "no_replica" or "too_long" (longer than the
+# model's context or the replica's KV cache: the engine's 400 context_length_exceeded);
+# "replica_failed" mid-stream.
 Outcome = Callable[[SimRequest, float, str], None]
 
 
@@ -74,15 +76,15 @@ class SimRoute:
         groups = [group for group, _ in spec.pool()]
         self.router = Router(self.health, spec.routing, [group.weight for group in groups])
         self.slot_limits = [group.max_concurrency for group in groups]
-        token_limits = [group.max_tokens_in_flight for group in groups]
+        self.token_limits = [group.max_tokens_in_flight for group in groups]
         self.dispatcher: Dispatcher | None = None
-        if any(s is not None for s in self.slot_limits + token_limits):
+        if any(s is not None for s in self.slot_limits + self.token_limits):
             self.dispatcher = Dispatcher(
                 {name: c.policy(name) for name, c in sc.slo_classes.items()},
                 list(self.slot_limits),
                 aging_s=sc.queue_aging_s,
                 tenant_weights={name: t.weight for name, t in sc.tenants.items()},
-                token_capacity=token_limits,
+                token_capacity=list(self.token_limits),
             )
         # Time from dispatch to first token, as the live gateway measures it to admit by
         # TTFT target (streams: the twin's clients all stream).
@@ -99,13 +101,19 @@ class SimRoute:
 
     def refresh(self) -> None:
         """Only ready replicas take work: the router skips the others, the queue gives
-        them no slots."""
+        them no slots and no token capacity (so its predicted wait counts only the
+        capacity that can serve)."""
         self.unusable = frozenset(
             i for i, r in enumerate(self.replicas) if r.state is not ReplicaState.READY
         )
-        if self.dispatcher is not None:
-            for i, limit in enumerate(self.slot_limits):
-                self.dispatcher.slots[i] = 0 if i in self.unusable else limit
+        d = self.dispatcher
+        if d is not None:
+            for i, (slots, tokens) in enumerate(
+                zip(self.slot_limits, self.token_limits, strict=True)
+            ):
+                down = i in self.unusable
+                d.slots[i] = 0 if down else slots
+                d.token_capacity[i] = 0 if down and tokens is not None else tokens
 
     def count(self, state: ReplicaState) -> int:
         return sum(r.state is state for r in self.replicas)
@@ -149,6 +157,8 @@ class SimGateway:
             index = self._choose(route, request, now)
             if index is None:
                 self._refuse(request, now, "no_replica")
+            elif self._too_long(route, request, index):
+                self._refuse(request, now, "too_long")
             else:
                 self._start(route, request, index, now)
             return
@@ -169,6 +179,14 @@ class SimGateway:
         if route.router.mode in _AFFINITY and request.arrival.prefix_key:
             key = request.arrival.prefix_key
         return route.router.choose(now, route.unusable, key, request.tokens)
+
+    @staticmethod
+    def _too_long(route: SimRoute, request: SimRequest, index: int) -> bool:
+        """The replica chosen cannot hold the request at all: the live gateway forwards
+        it and the engine answers 400 context_length_exceeded; here it is refused before
+        the engine sees it (which would raise)."""
+        a = request.arrival
+        return not route.replicas[index].fits(a.prompt_tokens, a.output_tokens)
 
     def _start(self, route: SimRoute, request: SimRequest, index: int, now: float) -> None:
         replica = route.replicas[index]
@@ -207,10 +225,20 @@ class SimGateway:
         d = route.dispatcher
         assert d is not None
         health = route.health
-        for item, index in d.dispatch(now, lambda i: health.available(i, now)):
-            request = route.waiting.pop(item.request_id)
-            health.sent(index)
-            self._start(route, request, index, now)
+        while started := d.dispatch(now, lambda i: health.available(i, now)):
+            refused = False
+            for item, index in started:
+                request = route.waiting.pop(item.request_id)
+                if self._too_long(route, request, index):
+                    # Answered at once, so its slot is free again: dispatch once more.
+                    d.finished(index, 0.0, tokens=item.tokens, measured=False)
+                    self._refuse(request, now, "too_long")
+                    refused = True
+                    continue
+                health.sent(index)
+                self._start(route, request, index, now)
+            if not refused:
+                break
 
     def _arm_expiry(self, route: SimRoute, at: float | None) -> None:
         """Wake at ``at`` to take out requests that waited too long. Dispatching only

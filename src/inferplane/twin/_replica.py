@@ -3,8 +3,10 @@
 The replica wakes only when its core has something to report: the end of the
 step in flight or, across a decode run, of the whole run (the core jumps over
 the steps in between in closed form). It keeps the books the twin reports:
-busy time (a step in flight) and billed time (every state but ``OFF``: a
-starting, draining or broken replica still holds its GPUs).
+busy time (a step in flight), up time (ready or draining: the only states in
+which its engine holds work, so busy time never exceeds it) and billed time
+(every state but ``OFF``: a starting, draining or broken replica still holds
+its GPUs).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class ReplicaState(enum.Enum):
     FAILED = "failed"  # down until repaired
     OFF = "off"  # not provisioned, not billed
 
+
+# The states in which the engine runs (ready, or finishing its work while draining).
+_UP = frozenset({ReplicaState.READY, ReplicaState.DRAINING})
 
 # Told every event of a replica, at its time.
 Listener = Callable[["SimReplica", Event], None]
@@ -51,6 +56,8 @@ class SimReplica:
         self.state = ReplicaState.READY
         self._billed_s = 0.0
         self._billed_since: float | None = 0.0
+        self._up_s = 0.0
+        self._up_since: float | None = 0.0
         self._loop = loop
         self._listener = listener
         self._wake_at: float | None = None
@@ -61,6 +68,15 @@ class SimReplica:
     @property
     def in_engine(self) -> int:
         return self.core.num_running + self.core.num_waiting
+
+    def fits(self, num_prompt_tokens: int, num_output_tokens: int) -> bool:
+        """Whether this replica can serve a request of this size at all: the emulated
+        engine's own rules, prompt + output within the model's context and their KV
+        blocks within the replica's cache (more, and ``EngineCore.add_request`` raises;
+        the emulator answers both 400 context_length_exceeded)."""
+        total = num_prompt_tokens + num_output_tokens
+        blocks = -(-total // self.limits.block_size)
+        return total <= self._perf.model.max_context and blocks <= self.core.num_blocks
 
     def add(self, request: EngineRequest, now: float) -> None:
         self.core.add_request(request, now)
@@ -77,6 +93,12 @@ class SimReplica:
         elif not billed and self._billed_since is not None:
             self._billed_s += now - self._billed_since
             self._billed_since = None
+        up = state in _UP
+        if up and self._up_since is None:
+            self._up_since = now
+        elif not up and self._up_since is not None:
+            self._up_s += now - self._up_since
+            self._up_since = None
         self.state = state
 
     def billed_until(self, now: float) -> float:
@@ -84,6 +106,12 @@ class SimReplica:
         if self._billed_since is None:
             return self._billed_s
         return self._billed_s + now - self._billed_since
+
+    def up_until(self, now: float) -> float:
+        """Seconds ready or draining so far, counting the current spell up to ``now``."""
+        if self._up_since is None:
+            return self._up_s
+        return self._up_s + now - self._up_since
 
     def crash(self, now: float) -> None:
         """Everything in the engine is lost; a new engine starts empty when repaired."""

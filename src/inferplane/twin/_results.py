@@ -30,12 +30,15 @@ def run_scenario(path: Path, out_dir: Path, progress: Progress | None = None) ->
 def simulate_to(
     scenario: Scenario, out_dir: Path, *, base_dir: Path, progress: Progress | None = None
 ) -> dict[str, Any]:
+    # Built first: a workload it cannot run (a bad trace row) fails before any file is
+    # written.
+    sim = Simulation(scenario, base_dir=base_dir, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        requests = None
         if scenario.output.requests:
-            requests = stack.enter_context((out_dir / "requests.csv").open("w", newline=""))
-        sim = Simulation(scenario, base_dir=base_dir, requests_out=requests, progress=progress)
+            sim.record_requests(
+                stack.enter_context((out_dir / "requests.csv").open("w", newline=""))
+            )
         summary = sim.run()
     summary = {"seed": scenario.seed, **summary}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

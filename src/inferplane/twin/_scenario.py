@@ -34,6 +34,7 @@ from inferplane.policy._failures import FailureModel
 from inferplane.twin._workload import WorkloadSpec
 
 __all__ = [
+    "MAX_TIMESERIES_ROWS",
     "AutoscaleSpec",
     "FailureSpec",
     "OutputSpec",
@@ -43,6 +44,23 @@ __all__ = [
     "SimTenant",
     "load_scenario",
 ]
+
+
+# The time series is kept in memory (about 1 KB a row per model) until the run ends: a
+# run sampled more often than this is refused before it starts rather than left to grow.
+MAX_TIMESERIES_ROWS = 1_000_000
+
+
+def timeseries_rows_error(span_s: float, interval_s: float, what: str) -> str | None:
+    """Why sampling ``span_s`` seconds every ``interval_s`` is refused; None if it is not."""
+    rows = span_s / interval_s
+    if rows <= MAX_TIMESERIES_ROWS:
+        return None
+    return (
+        f"{what} sampled every output.timeseries_interval_s {interval_s:g} s gives "
+        f"{rows:,.0f} time-series rows, more than {MAX_TIMESERIES_ROWS:,}: set "
+        f"timeseries_interval_s to at least {span_s / MAX_TIMESERIES_ROWS:g} s"
+    )
 
 
 class ReplicaGroup(Strict):
@@ -144,7 +162,22 @@ class SimModel(Strict):
                     get_storage(a.storage)
             except ValueError as exc:
                 raise ValueError(f"autoscale: {exc}") from None
-            count = self.replicas[0].count
+            group = self.replicas[0]
+            if (
+                a.min_replicas == 0
+                and group.max_concurrency is None
+                and group.max_tokens_in_flight is None
+            ):
+                # With no queue a request that finds no replica is refused at once (as the
+                # live gateway answers it) and is never seen as demand: a pool at zero
+                # would stay there for the rest of the run.
+                raise ValueError(
+                    "autoscale: min_replicas 0 needs a queue to scale back from zero: set "
+                    "max_concurrency or max_tokens_in_flight on the replica group (requests "
+                    "then wait for a cold start, up to their class's max_queue_s), or "
+                    "min_replicas >= 1"
+                )
+            count = group.count
             if not a.min_replicas <= count <= a.max_replicas:
                 raise ValueError(
                     f"autoscale: the group starts with count {count}, outside "
@@ -212,12 +245,24 @@ class Scenario(Strict):
             unknown = [f for f in model.fallback if f not in self.models or f == name]
             if unknown:
                 raise ValueError(f"model {name!r} falls back to {unknown}, not other models")
+            if len(set(model.fallback)) != len(model.fallback):
+                # The chain is walked by position: a repeated model would loop for ever.
+                raise ValueError(f"model {name!r} lists a fallback twice: {model.fallback}")
             for i, group in enumerate(model.replicas):
                 try:
                     PerfModel(get_gpu(group.gpu), get_model(model.catalogue or name), group.tp)
                     group.limits()
                 except ValueError as exc:
                     raise ValueError(f"models.{name}.replicas.{i}: {exc}") from None
+        duration = self.workload.duration_s
+        if duration is not None:
+            error = timeseries_rows_error(
+                duration,
+                self.output.timeseries_interval_s,
+                f"workload.duration_s {duration:g} s",
+            )
+            if error is not None:
+                raise ValueError(error)
         for model_name in self.workload.model_names():
             if model_name not in self.models:
                 raise ValueError(

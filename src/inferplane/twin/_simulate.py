@@ -13,15 +13,18 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from inferplane.twin._dynamics import Failures, PoolScaler
 from inferplane.twin._gateway import SimGateway, SimRequest
 from inferplane.twin._loop import EventLoop
 from inferplane.twin._replica import ReplicaState
-from inferplane.twin._scenario import Scenario
+from inferplane.twin._scenario import Scenario, timeseries_rows_error
 from inferplane.twin._stats import Stats, summarize
 from inferplane.twin._workload import Arrival, arrivals
+
+if TYPE_CHECKING:
+    from _csv import Writer as _CsvWriter
 
 __all__ = ["REQUEST_COLUMNS", "Simulation"]
 
@@ -73,12 +76,10 @@ class Simulation:
         }
         self.stats = Stats()
         self.timeseries: list[dict[str, Any]] = []
-        self._arrivals: Iterator[Arrival] = arrivals(
-            scenario.workload, seed=scenario.seed, base_dir=base_dir
-        )
-        self._rows = csv.writer(requests_out, lineterminator="\n") if requests_out else None
-        if self._rows is not None:
-            self._rows.writerow(REQUEST_COLUMNS)
+        self._arrivals: Iterator[Arrival] = self._workload(base_dir)
+        self._rows: _CsvWriter | None = None
+        if requests_out is not None:
+            self.record_requests(requests_out)
         self._progress = progress
         self._count = 0
         self._open = 0  # arrived and not ended
@@ -91,7 +92,40 @@ class Simulation:
         self._weights = {n: float(m.input_token_weight) for n, m in scenario.models.items()}
         self._window: dict[str, int] = defaultdict(int)  # counts since the last sample
         self._busy_mark = [0.0] * len(self.gateway.replicas)
+        self._up_mark = [0.0] * len(self.gateway.replicas)
         self._sampled_at = 0.0
+
+    def _workload(self, base_dir: Path) -> Iterator[Arrival]:
+        sc = self.scenario
+
+        def read() -> Iterator[Arrival]:
+            return arrivals(
+                sc.workload,
+                seed=sc.seed,
+                base_dir=base_dir,
+                models=sc.models.keys(),
+                slo_classes=sc.slo_classes.keys(),
+                default_slo_class=sc.default_slo_class,
+            )
+
+        if sc.workload.trace is not None:
+            # Read a trace through once before the run: a row it cannot replay (an
+            # unknown model or class, a bad number, out of order) fails here with its
+            # line, not halfway through the run. Streamed: memory stays flat.
+            last = 0.0
+            for arrival in read():
+                last = arrival.time
+            if sc.workload.duration_s is None:  # else checked with the scenario
+                interval = sc.output.timeseries_interval_s
+                error = timeseries_rows_error(last, interval, f"trace {sc.workload.trace}")
+                if error is not None:
+                    raise ValueError(error)
+        return read()
+
+    def record_requests(self, out: TextIO) -> None:
+        """Write one CSV row per request to ``out`` as it ends (a header first)."""
+        self._rows = csv.writer(out, lineterminator="\n")
+        self._rows.writerow(REQUEST_COLUMNS)
 
     def run(self) -> dict[str, Any]:
         """Simulate until every arrival has ended; return the summary (JSON-ready)."""
@@ -203,10 +237,16 @@ class Simulation:
         self._window.clear()
         for name, route in self.gateway.routes.items():
             busy = 0.0
+            up = []  # each replica's seconds ready or draining in the interval
             for r in route.replicas:
-                b = r.busy_until(now)
+                b, u = r.busy_until(now), r.up_until(now)
                 busy += b - self._busy_mark[r.index]
-                self._busy_mark[r.index] = b
+                up.append(u - self._up_mark[r.index])
+                self._busy_mark[r.index], self._up_mark[r.index] = b, u
+            # Busy over up time, not over the replicas ready at this instant (one that
+            # failed or drained away was busy in the interval too): within [0, 1]. fsum:
+            # n replicas up the whole interval give exactly n x the interval.
+            up_s = math.fsum(up)
             ready = [r for r in route.replicas if r.state is ReplicaState.READY]
             n = max(1, len(ready))
             row[f"{name}.ready"] = len(ready)
@@ -214,8 +254,7 @@ class Simulation:
                 row[f"{name}.{state.value}"] = route.count(state)
             row[f"{name}.queued"] = len(route.waiting)
             row[f"{name}.in_engine"] = sum(r.in_engine for r in route.replicas)
-            span = now - self._sampled_at
-            row[f"{name}.busy_fraction"] = busy / (n * span) if span > 0 else 0.0
+            row[f"{name}.busy_fraction"] = min(1.0, busy / up_s) if up_s > 0 else 0.0
             row[f"{name}.kv_usage"] = sum(r.core.kv_usage for r in ready) / n
         self._sampled_at = now
         self.timeseries.append(row)

@@ -29,7 +29,7 @@ import dataclasses
 import heapq
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -155,17 +155,32 @@ class WorkloadSpec(Strict):
         return {s.slo_class for s in self.streams or ()}
 
 
-def arrivals(spec: WorkloadSpec, *, seed: int, base_dir: Path) -> Iterator[Arrival]:
+def arrivals(
+    spec: WorkloadSpec,
+    *,
+    seed: int,
+    base_dir: Path,
+    models: Collection[str] | None = None,
+    slo_classes: Collection[str] | None = None,
+    default_slo_class: str = DEFAULT_SLO_CLASS,
+) -> Iterator[Arrival]:
     """The workload's arrivals in time order, generated lazily (memory does not grow with
     their number). Streams merge by time, ties going to the earlier stream; each stream
     draws from its own generators seeded by (seed, its index), one for times and one for
     sizes, so adding a stream or changing its lengths leaves the other draws alone.
-    A relative trace path is taken from ``base_dir``."""
+    A relative trace path is taken from ``base_dir``; ``models``, ``slo_classes`` and
+    ``default_slo_class`` are the scenario's, for `read_trace`."""
     if spec.trace is not None:
         path = spec.trace if spec.trace.is_absolute() else base_dir / spec.trace
         if not path.is_file():
             raise FileNotFoundError(f"trace {path} does not exist")
-        return read_trace(path, until=spec.duration_s)
+        return read_trace(
+            path,
+            until=spec.duration_s,
+            models=models,
+            slo_classes=slo_classes,
+            default_slo_class=default_slo_class,
+        )
     assert spec.streams is not None and spec.duration_s is not None
     streams = [_generate(s, i, seed, spec.duration_s) for i, s in enumerate(spec.streams)]
     return streams[0] if len(streams) == 1 else _merge(streams)
@@ -283,17 +298,27 @@ class TraceError(ValueError):
     """A trace row that cannot be replayed, with the file, line and column."""
 
 
-def read_trace(path: Path, *, until: float | None = None) -> Iterator[Arrival]:
-    """Replay a trace, streamed row by row: CSV (with a header) or JSONL (one object a line).
+def read_trace(
+    path: Path,
+    *,
+    until: float | None = None,
+    models: Collection[str] | None = None,
+    slo_classes: Collection[str] | None = None,
+    default_slo_class: str = DEFAULT_SLO_CLASS,
+) -> Iterator[Arrival]:
+    """Replay a trace, streamed row by row: CSV (with a header; UTF-8, a leading byte
+    order mark allowed, as spreadsheets write it) or JSONL (one object a line).
 
     Columns: ``time`` (seconds from the scenario's start, or ISO-8601 timestamps, taken
     relative to the first row), tenant, slo_class, model, prompt_tokens, output_tokens,
     and optionally workflow, prefix_key and prefix_tokens; other columns are ignored.
     Rows must be in time order. The gateway's usage export (``inferplane usage export
     --format events``, ledger ``event_rows``) is read as it is: input_tokens stands for
-    prompt_tokens, an empty slo_class is DEFAULT_SLO_CLASS, and rows of failed requests
-    (status >= 400) or without token counts (no output) are skipped, since they put no
-    generation on an engine. Arrivals stop before ``until`` seconds when it is given.
+    prompt_tokens, an empty slo_class is ``default_slo_class`` (the gateway's default
+    when the scenario names none), and rows of failed requests (status >= 400) or without
+    token counts (no output) are skipped, since they put no generation on an engine.
+    Arrivals stop before ``until`` seconds when it is given. When ``models`` or
+    ``slo_classes`` are given (the scenario's), a row naming another is refused.
     Raises TraceError naming ``path:line: column:`` for anything it cannot read.
     """
     suffix = path.suffix.lower()
@@ -303,29 +328,43 @@ def read_trace(path: Path, *, until: float | None = None) -> Iterator[Arrival]:
         rows = _jsonl_rows(path)
     else:
         raise TraceError(f"{path}: unknown trace format {suffix!r}; use .csv or .jsonl")
-    return _replay(path, rows, math.inf if until is None else until)
+    names = _Names(models, slo_classes, default_slo_class)
+    return _replay(path, rows, math.inf if until is None else until, names)
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    with path.open(newline="", encoding="utf-8") as file:
+    # utf-8-sig: a byte order mark (Excel's "CSV UTF-8") is not part of the first column.
+    with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.reader(file)
-        header = next(reader, None)
-        if header is None:
-            return
-        header = [h.strip() for h in header]
-        for values in reader:
-            if not values:
-                continue
-            if len(values) != len(header):
-                raise TraceError(
-                    f"{path}:{reader.line_num}: {len(values)} fields, the header has {len(header)}"
-                )
-            yield reader.line_num, dict(zip(header, values, strict=True))
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            header = [h.strip() for h in header]
+            for values in reader:
+                if not values:
+                    continue
+                if len(values) != len(header):
+                    raise TraceError(
+                        f"{path}:{reader.line_num}: {len(values)} fields, "
+                        f"the header has {len(header)}"
+                    )
+                yield reader.line_num, dict(zip(header, values, strict=True))
+        except UnicodeDecodeError as exc:
+            # The file is decoded in blocks, so the bad byte's line is not known; only
+            # that it comes after the lines already read.
+            where = f" after line {reader.line_num}" if reader.line_num else ""
+            raise TraceError(
+                f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}{where}: "
+                f"{exc.reason}); save the trace as UTF-8 CSV"
+            ) from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     with path.open("rb") as file:
         for line, raw in enumerate(file, start=1):
+            if line == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
             if not raw.strip():
                 continue
             try:
@@ -338,7 +377,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
 
 
 def _replay(
-    path: Path, rows: Iterable[tuple[int, Mapping[str, Any]]], until: float
+    path: Path, rows: Iterable[tuple[int, Mapping[str, Any]]], until: float, names: _Names
 ) -> Iterator[Arrival]:
     events: bool | None = None
     clock = _Clock()
@@ -355,7 +394,7 @@ def _replay(
                 )
         field = _Fields(row)
         try:
-            arrival = _event(field) if events else _request(field)
+            arrival = _event(field, names.default_slo_class) if events else _request(field)
             if arrival is None:
                 continue
             t = clock.seconds(row.get("time"))
@@ -369,12 +408,41 @@ def _replay(
         last = t
         if t >= until:
             return
+        try:
+            names.check(arrival)
+        except _Bad as bad:
+            raise TraceError(f"{path}:{line}: {bad.column}: {bad.message}") from None
         yield Arrival(t, *arrival)
 
 
 class _Bad(Exception):
     def __init__(self, column: str, message: str) -> None:
         self.column, self.message = column, message
+
+
+class _Names:
+    """The models and SLO classes a trace may name (None: any), and the class of a usage
+    event recorded without one."""
+
+    def __init__(
+        self,
+        models: Collection[str] | None,
+        slo_classes: Collection[str] | None,
+        default_slo_class: str,
+    ) -> None:
+        self.models = None if models is None else frozenset(models)
+        self.slo_classes = None if slo_classes is None else frozenset(slo_classes)
+        self.default_slo_class = default_slo_class
+
+    def check(self, row: _Row) -> None:
+        _, slo_class, model, *_ = row
+        if self.models is not None and model not in self.models:
+            raise _Bad("model", f"{model!r} is not among the models {sorted(self.models)}")
+        if self.slo_classes is not None and slo_class not in self.slo_classes:
+            raise _Bad(
+                "slo_class",
+                f"{slo_class!r} is not among the slo_classes {sorted(self.slo_classes)}",
+            )
 
 
 class _Clock:
@@ -484,7 +552,7 @@ def _request(field: _Fields) -> _Row:
     )
 
 
-def _event(field: _Fields) -> _Row | None:
+def _event(field: _Fields, default_slo_class: str) -> _Row | None:
     status = field.count("status", minimum=0)
     assert status is not None
     prompt = field.count("input_tokens", minimum=0, required=False)
@@ -493,7 +561,7 @@ def _event(field: _Fields) -> _Row | None:
         return None
     return (
         _required(field, "tenant"),
-        field.text("slo_class", required=False) or DEFAULT_SLO_CLASS,
+        field.text("slo_class", required=False) or default_slo_class,
         _required(field, "model"),
         prompt,
         output,
