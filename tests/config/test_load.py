@@ -83,6 +83,21 @@ models:
             "tenants:\n  t: {run_budget: {calls: 3}}\n",
             "tenant 't' has budgets, which need the usage ledger",
         ),
+        (
+            # A "/" would make its budget scopes read as another tenant's.
+            "models:\n  a: {backends: [{url: 'http://h:1'}]}\ntenants:\n  acme/eu: {}\n",
+            "tenants.acme/eu.[key]: String should match pattern",
+        ),
+        (
+            f"models:\n  a: {{backends: [{{url: 'http://h:1'}}]}}\n"
+            f"tenants:\n  t:\n    keys: [{{name: ci/bot, sha256: {DIGEST}}}]\n",
+            "keys.0.name: String should match pattern",
+        ),
+        (
+            "models:\n  a: {backends: [{url: 'http://h:1'}]}\n"
+            "tenants:\n  t: {budget: {total_tokens: 1000000000000000000000000000000}}\n",
+            "total_tokens: Input should be less than or equal to 1000000000000000",
+        ),
     ],
 )
 def test_bad_configs_are_refused_with_a_reason(text: str, expected: str) -> None:

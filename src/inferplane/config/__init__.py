@@ -23,6 +23,7 @@ from inferplane.config._schema import (
     SloClass,
     Strict,
     Tenant,
+    TenantName,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "SloClass",
     "Strict",
     "Tenant",
+    "TenantName",
     "default_config_text",
     "load_config",
     "load_yaml",

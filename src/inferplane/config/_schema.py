@@ -34,6 +34,7 @@ __all__ = [
     "SloClass",
     "Strict",
     "Tenant",
+    "TenantName",
 ]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
@@ -41,6 +42,11 @@ Name = Annotated[str, Field(pattern=_NAME)]
 # Workflow and run ids: what the X-Inferplane-Workflow and -Run headers accept.
 RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 RunId = Annotated[str, Field(pattern=RUN_ID)]
+# Tenant and key names are parts of budget scopes ("tenant/key"): no "/" in them, or
+# tenant "a/b" would be read as tenant "a" (and its budgets never found).
+TenantName = Annotated[str, Field(pattern=RUN_ID)]
+# Budget limits fit the ledger's 64-bit integers with room to add up.
+_MAX_LIMIT = 10**15
 
 
 class Strict(BaseModel):
@@ -224,12 +230,12 @@ class Model(Strict):
 class Budget(Strict):
     """Limits of one scope; omitted dimensions are unlimited."""
 
-    input_tokens: int | None = Field(None, ge=0)
-    output_tokens: int | None = Field(None, ge=0)
-    total_tokens: int | None = Field(None, ge=0)
-    calls: int | None = Field(None, ge=0)
+    input_tokens: int | None = Field(None, ge=0, le=_MAX_LIMIT)
+    output_tokens: int | None = Field(None, ge=0, le=_MAX_LIMIT)
+    total_tokens: int | None = Field(None, ge=0, le=_MAX_LIMIT)
+    calls: int | None = Field(None, ge=0, le=_MAX_LIMIT)
     # Attempts on another backend after one failed (failover), when budgeted.
-    retries: int | None = Field(None, ge=0)
+    retries: int | None = Field(None, ge=0, le=_MAX_LIMIT)
     cost_usd: Decimal | None = Field(None, ge=0, le=Decimal(10) ** 9)
     # Runs only: how long a run may last from its first request (an agent loop's deadline).
     wall_time_s: float | None = Field(None, gt=0, le=10**9)
@@ -271,7 +277,7 @@ DEFAULT_SLO_CLASSES = {
 
 
 class ApiKey(Strict):
-    name: Name
+    name: TenantName
     sha256: str
     budget: Budget | None = None
     disabled: bool = False
@@ -325,7 +331,7 @@ class Config(Strict):
     # A queued request gains one priority level per this many seconds waited.
     queue_aging_s: float = Field(10.0, gt=0)
     models: dict[Name, Model] = Field(min_length=1)
-    tenants: dict[Name, Tenant] = Field(default_factory=dict)
+    tenants: dict[TenantName, Tenant] = Field(default_factory=dict)
 
     @field_validator("admin_key_sha256")
     @classmethod
