@@ -167,8 +167,12 @@ def serve(
     from inferplane.server import serve as run
 
     cfg = _guard(lambda: load_config(config))
-    settings = cfg.gateway
-    run(create_gateway_app(cfg), host or settings.host, port or settings.port, log_level=log_level)
+    # Into the config, not only the socket: the gateway names its budget leases after its
+    # port, and a second process of the same config on another port must not share them.
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = cfg.gateway.model_copy(update=overrides)
+    cfg = cfg.model_copy(update={"gateway": settings})
+    run(create_gateway_app(cfg), settings.host, settings.port, log_level=log_level)
 
 
 @app.command()
@@ -583,6 +587,17 @@ def _ledger_db(config: Path | None) -> tuple[Connection, Database]:
     return _guard(lambda: database.connect(read_only=True)), database
 
 
+def _read_ledger(database: Database, read: Callable[[], T]) -> T:
+    """``read()``, its database errors one line each (a ledger not migrated yet, say)."""
+    try:
+        return read()
+    except database.errors as exc:
+        fail(
+            f"cannot read the usage ledger at {database.describe()}: {exc}".splitlines()[0]
+            + " (a gateway of this version migrates it when it starts)"
+        )
+
+
 @usage_app.command("summary")
 def usage_summary_cmd(
     config: ConfigOption = None,
@@ -596,7 +611,7 @@ def usage_summary_cmd(
     groups = [g for g in group_by.split(",") if g]
     db, database = _ledger_db(config)
     with contextlib.closing(db):
-        rows = _guard(lambda: usage_summary(db, database, groups))
+        rows = _read_ledger(database, lambda: _guard(lambda: usage_summary(db, database, groups)))
     table = _table(
         "usage",
         *groups,
@@ -642,16 +657,25 @@ def usage_export(
     ] = None,
 ) -> None:
     """Export cost rows (hourly, per tenant/key/workflow/run/model/backend) or usage events."""
-    import csv
-
-    from inferplane.ledger import FOCUS_COLUMNS, event_rows, focus_rows, write_focus_parquet
-
     if format not in ("focus", "events"):
         fail(f"unknown format {format!r}; supported: focus, events")
     parquet = out is not None and out.suffix == ".parquet"
     if parquet and format == "events":
         fail("events are written as CSV; name the file .csv")
     db, database = _ledger_db(config)
+    count = _read_ledger(database, lambda: _export(db, database, format, out, parquet))
+    if out:
+        console.print(f"{count} rows -> {out}")
+
+
+def _export(
+    db: Connection, database: Database, format: str, out: Path | None, parquet: bool
+) -> int:
+    """Write the ledger's rows in ``format``; returns how many."""
+    import csv
+
+    from inferplane.ledger import FOCUS_COLUMNS, event_rows, focus_rows, write_focus_parquet
+
     count = 0
     with contextlib.closing(db), contextlib.ExitStack() as stack:
         if format == "events":
@@ -677,8 +701,7 @@ def usage_export(
                 writer = csv.DictWriter(handle, fieldnames=FOCUS_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
-    if out:
-        console.print(f"{count} rows -> {out}")
+    return count
 
 
 @bench_app.command("slo")

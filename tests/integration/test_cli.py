@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import openai
 import pytest
 
 from inferplane import launcher
+from inferplane.gateway import hash_key
 
-from .conftest import MODEL, client
+from .conftest import KEY, MODEL, StartEmulator, client
+
+HI = [{"role": "user", "content": "hi"}]
 
 pytestmark = pytest.mark.integration
 
@@ -126,6 +130,71 @@ def test_an_out_through_a_file_is_one_line_before_any_work(tmp_path: Path) -> No
     assert folder.returncode == 2
     assert folder.stderr == f"error: --out {tmp_path}: is a folder; give the path of a file\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_usage_of_a_ledger_no_gateway_has_migrated_is_one_line(tmp_path: Path) -> None:
+    # An empty file where the ledger should be (or one a newer gateway has yet to migrate).
+    (tmp_path / "ledger.sqlite3").write_bytes(b"")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path}\nmodels:\n  m: {{backends: [{{url: 'http://h:1'}}]}}\n"
+    )
+    for verb in (["summary"], ["export", "--format", "events"], ["export"]):
+        result = subprocess.run(
+            [*CLI, "usage", *verb, "--config", str(config)], capture_output=True, text=True
+        )
+        assert result.returncode == 2
+        assert result.stderr.startswith("error: cannot read the usage ledger at ")
+        assert "no such table: usage_events" in result.stderr
+        assert result.stderr.count("\n") == 1
+
+
+def test_two_gateways_of_one_config_on_other_ports_share_its_budget(
+    tmp_path: Path, processes: list[launcher.Child], start_emulator: StartEmulator
+) -> None:
+    # Each names its budget leases after the port it serves on: the second one's start
+    # (which takes back what a dead process of its own name held) left the first's alone.
+    replica = start_emulator(time_scale=1.0)
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"""
+data_dir: {tmp_path / "data"}
+gateway: {{port: {launcher.free_port()}}}
+models:
+  {MODEL}: {{backends: [{{url: "{replica.url}"}}]}}
+tenants:
+  tenant-a:
+    budget: {{calls: 2}}
+    keys: [{{name: a, sha256: {hash_key(KEY)}}}]
+"""
+    )
+    gateways = []
+    for name in ("a", "b"):
+        port = launcher.free_port()
+        argv = [*CLI, "serve", "--config", str(config), "--port", str(port)]
+        child = launcher.start(
+            f"gateway-{name}", f"http://127.0.0.1:{port}", argv, log_dir=tmp_path
+        )
+        processes.append(child)
+        launcher.wait_healthy([child])
+        gateways.append(child)
+        if name == "a":  # the whole budget held by two long streams on the first
+            streams = [
+                client(child.url).chat.completions.create(
+                    model=MODEL,
+                    messages=HI,
+                    max_tokens=2000,
+                    stream=True,
+                    extra_body={"ignore_eos": True},
+                )
+                for _ in range(2)
+            ]
+            for stream in streams:
+                next(iter(stream))
+    with pytest.raises(openai.RateLimitError):
+        client(gateways[1].url).chat.completions.create(model=MODEL, messages=HI, max_tokens=1)
+    for stream in streams:
+        stream.close()
 
 
 def test_config_check_reports_the_line(tmp_path: Path) -> None:
