@@ -67,6 +67,17 @@ def test_answers_like_vllm_for_bad_requests(start_emulator: StartEmulator) -> No
             model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=200_000
         )
     assert too_long.value.code == "context_length_exceeded"
+    # A prompt that leaves no room to answer, without max_tokens: the same error.
+    with pytest.raises(openai.BadRequestError) as no_room:
+        api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "word " * 140_000}]
+        )
+    assert no_room.value.code == "context_length_exceeded"
+    # n: null is the default n, as vLLM takes it.
+    reply = api.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2, n=None
+    )
+    assert len(reply.choices) == 1
     api.close()
 
 

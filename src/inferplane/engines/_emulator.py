@@ -240,12 +240,21 @@ class _Emulator:
 
     def _plan(self, body: dict[str, Any], num_prompt_tokens: int, seed: int) -> tuple[int, str]:
         """Output length and finish reason for a request."""
-        if body.get("n", 1) != 1:
+        if body.get("n") not in (None, 1):  # null is the default, as in vLLM
             raise OpenAIError(
                 400, "the emulated engine supports n=1 only", "invalid_value", param="n"
             )
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         room = self.spec.max_context - num_prompt_tokens
+        if room < 1:  # vLLM's words for a prompt that leaves no room to answer
+            raise OpenAIError(
+                400,
+                f"This model's maximum context length is {self.spec.max_context} tokens. "
+                f"However, your request has {num_prompt_tokens} input tokens. Please reduce "
+                "the length of the input messages.",
+                "context_length_exceeded",
+                param="messages",
+            )
         if max_tokens is None:
             max_tokens = room
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
