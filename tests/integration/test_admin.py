@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,7 +15,16 @@ import pytest
 
 from inferplane import launcher
 
-from .conftest import ADMIN_KEY, KEY, MODEL, Gateway, StartEmulator, StartGateway, client
+from .conftest import (
+    ADMIN_KEY,
+    KEY,
+    MODEL,
+    Gateway,
+    StartEmulator,
+    StartGateway,
+    client,
+    log_text,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +107,14 @@ def test_tenant_key_and_budget_lifecycle_survives_a_restart(
         ),
         ("/v1/admin/tenants", {"name": "x", "colour": "blue"}, 400, "invalid_admin_request"),
         ("/v1/admin/tenants", {"name": "has space"}, 400, "invalid_admin_request"),
+        # A "/" would make its budget scopes read as another tenant's.
+        ("/v1/admin/tenants", {"name": "team/x"}, 400, "invalid_admin_request"),
+        (
+            "/v1/admin/tenants",
+            {"name": "x", "budget": {"total_tokens": 10**30}},
+            400,
+            "invalid_admin_request",
+        ),
         ("/v1/admin/tenants", {"name": "x", "models": ["gpt-9"]}, 400, "invalid_value"),
         ("/v1/admin/tenants", {"name": "tenant-a"}, 409, "tenant_exists"),
         (
@@ -193,3 +212,109 @@ def test_a_keys_default_workflow_and_run_are_charged_when_headers_name_none(
         shared, "/v1/admin/keys", {"tenant": "bots", "name": "rt", "slo_class": "realtime"}
     )
     assert realtime.status_code == 201
+
+
+def tenant_row(gateway: Gateway, name: str) -> dict[str, Any] | None:
+    """The tenant as ``gateway`` lists it, or None."""
+    rows = admin(gateway, "/v1/admin/tenants").json()["data"]
+    return next((t for t in rows if t["name"] == name), None)
+
+
+def settled(
+    gateway: Gateway, name: str, done: Callable[[dict[str, Any] | None], bool]
+) -> dict[str, Any] | None:
+    """The tenant as ``gateway`` lists it once ``done`` holds, or when waiting is useless:
+    another process's change reaches a gateway at its next poll of the store (every
+    second at most)."""
+    deadline = time.monotonic() + 15
+    while not done(row := tenant_row(gateway, name)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return row
+
+
+def test_admin_changes_through_two_gateways_at_once_are_all_kept(
+    replica: launcher.Child, start_gateway: StartGateway, database_url: str | None
+) -> None:
+    first = start_gateway([replica.url], database_url=database_url)
+    second = start_gateway([replica.url], database_url=database_url, data_dir=first.data_dir)
+    assert admin(first, "/v1/admin/tenants", {"name": "acme"}).status_code == 201
+    assert settled(second, "acme", lambda t: t is not None) is not None
+
+    # A change through each gateway, each right after the other's, before the other
+    # gateway's poll: each applies to the stored tenant, not to a copy a poll behind.
+    made = admin(first, "/v1/admin/keys", {"tenant": "acme", "name": "ci"})
+    assert made.status_code == 201
+    key = made.json()["key"]
+    update = {"name": "acme", "budget": {"calls": 100}}
+    assert admin(second, "/v1/admin/tenants/update", update).status_code == 200
+    key_budget = {"tenant": "acme", "name": "ci", "budget": {"calls": 10}}
+    assert admin(second, "/v1/admin/keys/update", key_budget).status_code == 200
+    ci = {"name": "ci", "disabled": False, "budget": {"calls": 10, "window": "lifetime"}}
+
+    def both_kept(t: dict[str, Any] | None) -> bool:
+        return (
+            t is not None
+            and t["budget"] == {"calls": 100, "window": "lifetime"}
+            and t["keys"] == [ci]
+        )
+
+    for gateway in (first, second):
+        assert both_kept(settled(gateway, "acme", both_kept)), gateway.url
+        assert client(gateway.url, key=key).models.list().data[0].id == MODEL
+
+    # A key disabled through one gateway stays disabled when the other changes the tenant.
+    disable = {"tenant": "acme", "name": "ci", "disabled": True}
+    assert admin(first, "/v1/admin/keys/update", disable).status_code == 200
+    run_budget = {"name": "acme", "run_budget": {"calls": 7}}
+    assert admin(second, "/v1/admin/tenants/update", run_budget).status_code == 200
+
+    def disabled_and_budgeted(t: dict[str, Any] | None) -> bool:
+        return (
+            t is not None
+            and t["run_budget"] == {"calls": 7, "window": "lifetime"}
+            and [k["disabled"] for k in t["keys"]] == [True]
+        )
+
+    for gateway in (first, second):
+        assert disabled_and_budgeted(settled(gateway, "acme", disabled_and_budgeted))
+        with pytest.raises(openai.AuthenticationError) as refused:
+            client(gateway.url, key=key).models.list()
+        assert refused.value.code == "api_key_disabled"
+
+
+def test_changes_that_break_the_tenant_schema_are_refused_and_nothing_is_stored(
+    replica: launcher.Child, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway([replica.url])
+    assert admin(gateway, "/v1/admin/tenants", {"name": "t2"}).status_code == 201
+    made = admin(gateway, "/v1/admin/keys", {"tenant": "t2", "name": "k"})
+    assert made.status_code == 201
+    key = made.json()["key"]
+    runs_only = {"wall_time_s": 5}
+    for path, body in [
+        ("/v1/admin/tenants", {"name": "t1", "budget": runs_only}),
+        ("/v1/admin/tenants", {"name": "t1", "workflow_budget": runs_only}),
+        ("/v1/admin/tenants/update", {"name": "t2", "budget": runs_only}),
+        ("/v1/admin/tenants/update", {"name": "t2", "workflow_budget": runs_only}),
+        ("/v1/admin/keys", {"tenant": "t2", "name": "k2", "budget": runs_only}),
+        ("/v1/admin/keys/update", {"tenant": "t2", "name": "k", "budget": runs_only}),
+    ]:
+        reply = admin(gateway, path, body)
+        assert (reply.status_code, reply.json()["error"]["code"]) == (
+            400,
+            "invalid_admin_request",
+        ), (path, body, reply.text)
+        assert "wall_time_s applies to runs only" in reply.json()["error"]["message"]
+    # Where it does apply, it is taken.
+    run_budget = {"name": "t2", "run_budget": runs_only}
+    assert admin(gateway, "/v1/admin/tenants/update", run_budget).status_code == 200
+
+    gateway.child.kill()
+    restarted = start_gateway([replica.url], data_dir=gateway.data_dir)
+    assert tenant_row(restarted, "t1") is None
+    t2 = tenant_row(restarted, "t2")
+    assert t2 is not None and t2["budget"] is None and t2["workflow_budget"] is None
+    assert t2["run_budget"]["wall_time_s"] == 5
+    assert t2["keys"] == [{"name": "k", "disabled": False, "budget": None}]
+    assert client(restarted.url, key=key).models.list().data[0].id == MODEL
+    assert "invalid and ignored" not in log_text(restarted.child)

@@ -11,7 +11,9 @@ Routes (JSON bodies, admin key only):
 - ``POST /v1/admin/keys/update``: ``{"tenant", "name", "disabled"?, "budget"?}``.
 
 Changes are durable (the tenant store) before the answer, and apply at once,
-budgets of open accounts included.
+budgets of open accounts included. Each is made to the stored tenant in one
+transaction, so changes made at once through several gateway processes are all
+kept; a changed tenant is validated whole, as the config file's are (400 if not).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from inferplane.config import ApiKey, Budget, RunId, Tenant
+from inferplane.config import ApiKey, Budget, RunId, Tenant, TenantName
 from inferplane.config._schema import Name
 from inferplane.gateway._auth import Registry, hash_key
 from inferplane.gateway._budgets import BudgetGate
@@ -41,7 +43,7 @@ class _Strict(BaseModel):
 
 
 class _NewTenant(_Strict):
-    name: Name
+    name: TenantName
     models: list[Name] | None = None
     budget: Budget | None = None
     workflow_budget: Budget | None = None
@@ -52,7 +54,7 @@ class _NewTenant(_Strict):
 class _TenantUpdate(_Strict):
     """Only the fields present in the body change; ``null`` removes a budget."""
 
-    name: Name
+    name: TenantName
     models: list[Name] | None = None
     budget: Budget | None = None
     workflow_budget: Budget | None = None
@@ -62,8 +64,8 @@ class _TenantUpdate(_Strict):
 
 
 class _NewKey(_Strict):
-    tenant: Name
-    name: Name
+    tenant: TenantName
+    name: TenantName
     budget: Budget | None = None
     workflow: RunId | None = None
     run: RunId | None = None
@@ -71,8 +73,8 @@ class _NewKey(_Strict):
 
 
 class _KeyUpdate(_Strict):
-    tenant: Name
-    name: Name
+    tenant: TenantName
+    name: TenantName
     budget: Budget | None = None
     disabled: bool = False
     workflow: RunId | None = None
@@ -122,26 +124,27 @@ class AdminApi:
     async def create_tenant(self, request: Request) -> Response:
         registry = self._admin(request)
         new = await _parse(request, _NewTenant)
-        if new.name in registry.tenants:
-            raise OpenAIError(409, f"Tenant '{new.name}' exists already.", "tenant_exists")
-        self._check_models(new.models)
-        tenant = Tenant(
-            models=new.models,
-            budget=new.budget,
-            workflow_budget=new.workflow_budget,
-            run_budget=new.run_budget,
-            weight=new.weight,
-        )
-        registry.put(new.name, tenant)
+
+        def create(tenant: Tenant | None) -> Tenant:
+            if tenant is not None:
+                raise OpenAIError(409, f"Tenant '{new.name}' exists already.", "tenant_exists")
+            self._check_models(new.models)
+            return _valid(Tenant, new.model_dump(exclude={"name"}))
+
+        await registry.change(new.name, create)
         return JSONResponse({"name": new.name, "created": True}, status_code=201)
 
     async def update_tenant(self, request: Request) -> Response:
         registry = self._admin(request)
         update = await _parse(request, _TenantUpdate)
-        tenant = self._tenant(registry, update.name)
         changes = _changes(update, exclude={"name"})
-        self._check_models(changes.get("models"))
-        registry.put(update.name, tenant.model_copy(update=changes))
+
+        def change(tenant: Tenant | None) -> Tenant:
+            tenant = _found(tenant, update.name)
+            self._check_models(changes.get("models"))
+            return _valid(Tenant, {**tenant.model_dump(), **changes})
+
+        await registry.change(update.name, change)
         await self._gate().refresh(update.name, time.time())
         return JSONResponse({"name": update.name, "updated": sorted(changes)})
 
@@ -149,21 +152,20 @@ class AdminApi:
         registry = self._admin(request)
         new = await _parse(request, _NewKey)
         self._check_class(new.slo_class)
-        tenant = self._tenant(registry, new.tenant)
-        if any(k.name == new.name for k in tenant.keys):
-            raise OpenAIError(
-                409, f"Tenant '{new.tenant}' has a key named '{new.name}' already.", "key_exists"
-            )
         key = "sk-ip-" + secrets.token_urlsafe(32)
-        entry = ApiKey(
-            name=new.name,
-            sha256=hash_key(key),
-            budget=new.budget,
-            workflow=new.workflow,
-            run=new.run,
-            slo_class=new.slo_class,
-        )
-        registry.put(new.tenant, tenant.model_copy(update={"keys": [*tenant.keys, entry]}))
+        entry = _valid(ApiKey, {**new.model_dump(exclude={"tenant"}), "sha256": hash_key(key)})
+
+        def add(tenant: Tenant | None) -> Tenant:
+            tenant = _found(tenant, new.tenant)
+            if any(k.name == new.name for k in tenant.keys):
+                raise OpenAIError(
+                    409,
+                    f"Tenant '{new.tenant}' has a key named '{new.name}' already.",
+                    "key_exists",
+                )
+            return _valid(Tenant, {**tenant.model_dump(), "keys": [*tenant.keys, entry]})
+
+        await registry.change(new.tenant, add)
         return JSONResponse(
             {
                 "tenant": new.tenant,
@@ -178,28 +180,27 @@ class AdminApi:
         registry = self._admin(request)
         update = await _parse(request, _KeyUpdate)
         self._check_class(update.slo_class)
-        tenant = self._tenant(registry, update.tenant)
         changes = _changes(update, exclude={"tenant", "name"})
-        keys = []
-        for key in tenant.keys:
-            if key.name == update.name:
-                key = key.model_copy(update=changes)
-            keys.append(key)
-        if not any(k.name == update.name for k in tenant.keys):
-            raise OpenAIError(
-                404, f"Tenant '{update.tenant}' has no key named '{update.name}'.", "key_not_found"
-            )
-        registry.put(update.tenant, tenant.model_copy(update={"keys": keys}))
+
+        def change(tenant: Tenant | None) -> Tenant:
+            tenant = _found(tenant, update.tenant)
+            if not any(k.name == update.name for k in tenant.keys):
+                raise OpenAIError(
+                    404,
+                    f"Tenant '{update.tenant}' has no key named '{update.name}'.",
+                    "key_not_found",
+                )
+            keys = [
+                _valid(ApiKey, {**k.model_dump(), **changes}) if k.name == update.name else k
+                for k in tenant.keys
+            ]
+            return _valid(Tenant, {**tenant.model_dump(), "keys": keys})
+
+        await registry.change(update.tenant, change)
         await self._gate().refresh(update.tenant, time.time())
         return JSONResponse(
             {"tenant": update.tenant, "name": update.name, "updated": sorted(changes)}
         )
-
-    def _tenant(self, registry: Registry, name: str) -> Tenant:
-        tenant = registry.tenants.get(name)
-        if tenant is None:
-            raise OpenAIError(404, f"No tenant named '{name}'.", "tenant_not_found")
-        return tenant
 
     def _check_class(self, slo_class: str | None) -> None:
         if slo_class is not None and slo_class not in self._known_classes:
@@ -223,8 +224,23 @@ class AdminApi:
 
 
 def _changes(update: BaseModel, exclude: set[str]) -> dict[str, Any]:
-    """The fields the request body named, as values ready for ``model_copy(update=...)``."""
+    """The fields the request body named, with their values."""
     return {name: getattr(update, name) for name in update.model_fields_set - exclude}
+
+
+def _found(tenant: Tenant | None, name: str) -> Tenant:
+    if tenant is None:
+        raise OpenAIError(404, f"No tenant named '{name}'.", "tenant_not_found")
+    return tenant
+
+
+def _valid(model: type[_Body], data: dict[str, Any]) -> _Body:
+    """``model`` made from ``data`` through all its validation: a new or changed tenant or
+    key is checked as a whole, as the config file's are, before anything is stored."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
 
 
 def _dump(budget: Budget | None) -> dict[str, Any] | None:
@@ -235,11 +251,13 @@ async def _parse(request: Request, model: type[_Body]) -> _Body:
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
-            f"{'unknown field' if e['type'] == 'extra_forbidden' else e['msg']}"
-            for e in exc.errors()
-        )
-        raise OpenAIError(
-            400, f"Invalid admin request: {problems}.", "invalid_admin_request"
-        ) from None
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> OpenAIError:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
+        f"{'unknown field' if e['type'] == 'extra_forbidden' else e['msg']}"
+        for e in exc.errors()
+    )
+    return OpenAIError(400, f"Invalid admin request: {problems}.", "invalid_admin_request")

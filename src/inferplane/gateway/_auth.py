@@ -8,8 +8,10 @@ ledger and survive restarts. A name defined in both is the config's.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -64,6 +66,8 @@ class Registry:
         for name, doc in docs.items():
             if self.is_static(name):
                 continue
+            if self._store is not None and self._store.changed_since_load(name):
+                continue  # read before our own change of it: ours is newer
             try:
                 tenant = Tenant.model_validate_json(doc)
             except ValidationError as exc:  # written by an older version, say: keep serving
@@ -91,29 +95,65 @@ class Registry:
     def is_static(self, tenant: str) -> bool:
         return tenant in self._config.tenants
 
-    def put(self, name: str, tenant: Tenant) -> None:
-        """Create or replace a tenant made through the admin API; durable when it returns."""
+    async def change(self, name: str, edit: Callable[[Tenant | None], Tenant]) -> Tenant:
+        """Change tenant ``name`` (None: there is none) to ``edit(tenant)`` and return it;
+        durable, and in force here, when this returns.
+
+        ``edit`` is applied to the stored tenant, not to this process's copy (which may
+        be a poll behind another process's change), inside a transaction that excludes
+        every other change of it; what ``edit`` raises (an ``OpenAIError``) cancels the
+        change. A tenant of the config file, or any tenant when there is no store, is
+        read-only: its own errors come first (``edit`` sees our copy), then 409.
+        """
         if self.is_static(name):
+            edit(self.tenants[name])
             raise OpenAIError(
                 409,
                 f"Tenant '{name}' is defined in the config file; change it there.",
                 "tenant_in_config",
             )
         if self._store is None:
+            edit(self.tenants.get(name))
             raise OpenAIError(
                 409,
                 "This gateway keeps no store (usage_ledger: false), so "
                 "tenants can only be defined in its config file.",
                 "no_store",
             )
+
+        def edit_doc(doc: str | None) -> str:
+            stored = None
+            if doc is not None:
+                try:
+                    stored = Tenant.model_validate_json(doc)
+                except ValidationError as exc:  # ignored by every gateway: as if none
+                    log.warning("replacing the invalid stored tenant %r: %s", name, exc)
+            tenant = edit(stored)
+            self._check_unique(name, tenant)
+            return tenant.model_dump_json(exclude_defaults=True)
+
+        doc = await asyncio.to_thread(self._store.change, name, edit_doc)
+        tenant = Tenant.model_validate_json(doc)
         previous = self.tenants.get(name)
         self.tenants[name] = tenant
         try:
             self._index()
-        except ValueError as exc:
+        except ValueError:  # another process stored the same digest meanwhile
             self._restore(name, previous)
-            raise OpenAIError(409, str(exc), "duplicate_key") from None
-        self._store.save(name, tenant.model_dump_json(exclude_defaults=True))
+            raise
+        return tenant
+
+    def _check_unique(self, name: str, tenant: Tenant) -> None:
+        """Every key of ``tenant`` is one no other tenant (or the admin) has."""
+        by_digest = self._by_digest  # replaced whole, never changed: safe from a thread
+        seen: set[str] = set()
+        for key in tenant.keys:
+            other = by_digest.get(key.sha256)
+            if key.sha256 in seen or (other is not None and other[0].tenant != name):
+                raise OpenAIError(
+                    409, f"API key {key.name!r} of tenant {name!r} is not unique", "duplicate_key"
+                )
+            seen.add(key.sha256)
 
     def _restore(self, name: str, previous: Tenant | None) -> None:
         if previous is None:
