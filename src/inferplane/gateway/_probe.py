@@ -97,7 +97,11 @@ async def _check(target: Target, timeout_s: float) -> None:
         return
     if target.learn is not None:
         status, body = await fetch(target.url, "/metrics", timeout_s)
-        load = engine_load(body.decode(errors="replace")) if status == 200 else None
+        try:
+            load = engine_load(body.decode(errors="replace")) if status == 200 else None
+        except ValueError as exc:  # not Prometheus text (an HTML page, say)
+            log.warning("metrics of %s unreadable, limits not learned: %s", target.url, exc)
+            return
         if load is not None:
             target.learn(load)
 
@@ -106,4 +110,10 @@ async def check_forever(targets: Sequence[Target], interval_s: float, timeout_s:
     """Every ``interval_s``, check every target, all at once."""
     while True:
         await asyncio.sleep(interval_s)
-        await asyncio.gather(*(_check(t, timeout_s) for t in targets))
+        results = await asyncio.gather(
+            *(_check(t, timeout_s) for t in targets), return_exceptions=True
+        )
+        # One backend's surprise must not end the checks of all of them for good.
+        for target, result in zip(targets, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("health check of %s failed: %r", target.url, result)
