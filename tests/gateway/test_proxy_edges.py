@@ -27,6 +27,8 @@ from inferplane.wire import DONE, sse_data
 
 from .inprocess import KEY, MODEL, Harness
 
+KEY_U = "sk-in-process-tenant-u"
+
 # A piece of a scripted answer: bytes are sent, a number is a pause (seconds), an
 # exception is raised where the next bytes would have come.
 Piece = bytes | float | BaseException
@@ -282,6 +284,49 @@ async def test_failing_over_in_a_queued_model_keeps_the_replicas_concurrency_lim
         assert h.gateway.queues[MODEL].dispatcher.in_flight == [0, 0]
     assert running["most"] == 1
     assert 200 in {r.status_code for r in replies}
+
+
+async def test_a_failover_from_a_replica_that_did_no_work_takes_no_retry_budget(
+    tmp_path: Path,
+) -> None:
+    async def script(host: str, request: dict[str, Any]) -> Answer:
+        if host == "a":
+            raise UpstreamConnectError("connection refused")
+        return whole()
+
+    text = config(tmp_path, backends=("{url: 'http://a:1'}", "{url: 'http://b:2'}"))
+    async with Harness(text, Scripted(script)) as h:
+        budget = h.gateway.routes[MODEL].retry_budget
+        budget.retrying = 3  # the budget's minimum, held by other requests' retries
+        assert (await h.ask(max_tokens=5)).status_code == 200
+        assert h.rows.rows[0].retries == 1
+        # It neither took a share nor gave back one of theirs.
+        assert budget.retrying == 3
+
+
+async def test_tenants_share_a_queue_by_tokens_served_not_tokens_asked_for(
+    tmp_path: Path,
+) -> None:
+    # Tenant t asks for 4096 tokens and uses 20; tenant u asks for 64 and uses 64.
+    async def script(host: str, request: dict[str, Any]) -> Answer:
+        await asyncio.sleep(0.01)
+        return whole(3, min(request["max_tokens"], 64) if request["user"] == "u" else 20)
+
+    text = config(tmp_path, backends=("{url: 'http://a:1', max_concurrency: 1}",))
+    text = text.replace(
+        "tenants:\n", f"tenants:\n  u:\n    keys: [{{name: k, sha256: {hash_key(KEY_U)}}}]\n"
+    )
+    async with Harness(text, Scripted(script)) as h:
+        u = {"authorization": f"Bearer {KEY_U}"}
+        await asyncio.gather(
+            *(h.ask(max_tokens=4096, user="t") for _ in range(40)),
+            *(h.ask(u, max_tokens=64, user="u") for _ in range(40)),
+        )
+        first = h.rows.rows[:40]  # the first 40 served, while both had work queued
+        served = {tenant: 0 for tenant in ("t", "u")}
+        for row in first:
+            served[row.tenant] += (row.input_tokens or 0) + (row.output_tokens or 0)
+        assert 0.5 < served["t"] / served["u"] < 2, served
 
 
 # -- budgets ---------------------------------------------------------------------

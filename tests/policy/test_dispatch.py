@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferplane.policy import ClassPolicy, Dispatcher, QueueItem, Unattainable
+from inferplane.policy import ClassPolicy, Dispatcher, Health, QueueItem, Unattainable
 
 CLASSES = {
     "realtime": ClassPolicy("realtime", 0, max_queue_s=0.5),
@@ -165,6 +165,19 @@ def test_work_waits_rather_than_go_to_an_ejected_replica_unless_all_are() -> Non
     assert [r for _, r in started] == [1]  # replica 0 has room but is ejected
     # Every replica ejected: trying one beats waiting out the ejections.
     assert [r for _, r in d.dispatch(0.0, usable=lambda i: False)] == [0]
+
+
+def test_a_replica_back_from_ejection_takes_one_probe_not_a_burst() -> None:
+    health = Health(2, base_ejection_s=1.0)
+    health.failed(1, 0.0, refused=True)  # ejected until t=1
+    d = Dispatcher(CLASSES, [1, 8], aging_s=10)
+    for i in range(6):
+        d.submit(item(f"r{i}"), 0.0)
+    started = d.dispatch(2.0, lambda i: health.available(i, 2.0), placed=health.sent)
+    assert sorted(r for _, r in started) == [0, 1]  # one probe; the rest wait for it
+    # A probe that ends with no outcome (cancelled) lets the next request probe.
+    health.abandoned(1)
+    assert [r for _, r in d.dispatch(2.0, lambda i: health.available(i, 2.0), health.sent)] == [1]
 
 
 # -- token capacity --------------------------------------------------------------

@@ -107,8 +107,10 @@ def test_idle_time_is_not_banked_as_credit() -> None:
     q = DispatchQueue(CLASSES, aging_s=60)
     for i in range(50):
         q.push(item(f"a{i}", tenant="a"))
-    for _ in range(40):
-        q.pop(0.0)  # a alone is served 40 requests
+    for _ in range(40):  # a alone is served 40 requests, each settled as it ends
+        served = q.pop(0.0)
+        assert served is not None
+        q.settle("a", "interactive", served.tokens, served.tokens)
     for i in range(20):
         q.push(item(f"late{i}", tenant="late"))
     next_10 = Counter(q.pop(0.0).tenant for _ in range(10))  # type: ignore[union-attr]
@@ -125,8 +127,33 @@ def test_corrections_and_removals() -> None:
         q.push(item("x", tenant="a"))
     with pytest.raises(KeyError):
         q.push(item("z", cls="gold"))
-    q.correct("a", "interactive", -10_000)  # never below zero
+    q.settle("a", "interactive", reserved=10_000, used=0)  # never below zero
     assert q._classes["interactive"].counters["a"] == 0.0
+
+
+def test_a_tenant_is_counted_the_tokens_it_used_not_those_it_reserved() -> None:
+    # "big" asks for 4096 tokens a request and uses 20; "small" asks for 64 and uses 64.
+    # A newcomer is not lifted to what "big" holds in flight, and "big" is not held back
+    # by what it never used: over time both are served about the same tokens.
+    q = DispatchQueue(CLASSES, aging_s=60)
+    used = {"big": 20, "small": 64}
+    for i in range(100):
+        q.push(QueueItem(f"b{i}", "big", "interactive", 4096, 0.0))
+    first = q.pop(0.0)  # "big" is served while "small" has nothing queued yet
+    assert first is not None
+    for i in range(100):
+        q.push(QueueItem(f"s{i}", "small", "interactive", 64, 0.0))
+    q.settle("big", "interactive", 4096, used["big"])
+    served = {"big": used["big"], "small": 0}
+    order = []
+    for _ in range(60):  # one at a time, each settled before the next pop
+        popped = q.pop(0.0)
+        assert popped is not None
+        order.append(popped.tenant[0])
+        q.settle(popped.tenant, "interactive", popped.tokens, used[popped.tenant])
+        served[popped.tenant] += used[popped.tenant]
+    assert "s" in order[:3]  # the newcomer waits for no one's unused reservation
+    assert 0.5 < served["big"] / served["small"] < 2, (served, "".join(order))
 
 
 def test_a_tenant_whose_backlog_emptied_does_not_break_the_class() -> None:

@@ -164,6 +164,9 @@ class Exchange:
     cached_tokens: int | None = None
     finish_reason: str | None = None
     retries: int = 0
+    # It holds a share of the model's retry budget (a retry after a 5xx, or a hedge);
+    # a failover from a replica that did no work needs none.
+    retry_share: bool = False
     ttft_s: float | None = None
     error_type: str | None = None
     client_request_id: str | None = None  # the client's own id, if it sent one
@@ -187,10 +190,12 @@ class Proxy:
         assert not ex.settled, "settled twice"
         ex.settled = True
         if ex.slot is not None:
-            assert ex.queue is not None
+            assert ex.queue is not None and ex.slo_class is not None
+            used = (ex.input_tokens or 0) + (ex.output_tokens or 0)
+            ex.queue.served(ex.principal.tenant, ex.slo_class, ex.size_tokens, used)
             ex.queue.release(ex.slot, time.monotonic() - ex.dispatched_at, ex.size_tokens)
         if ex.route is not None:
-            ex.route.retry_budget.ended(retried=ex.retries > 0)
+            ex.route.retry_budget.ended(retried=ex.retry_share)
             if ex.backend_index is not None:
                 ex.route.router.done(ex.backend_index, ex.size_tokens)
             if ex.backend_index is not None and ex.error_type in _BACKEND_FAULTS:
@@ -373,8 +378,10 @@ class Proxy:
             if tried:
                 # A 5xx may mean overload, where retries add to it: they need the budget.
                 # A replica that refused or dropped the connection did no work: failover.
-                if answered_5xx and not route.retry_budget.allow(ex.retries > 0):
-                    break
+                if answered_5xx:
+                    if not route.retry_budget.allow(ex.retry_share):
+                        break
+                    ex.retry_share = True
                 if ex.held is not None:
                     await self.gate.retry(ex.request_id, ex.charge, time.time())
                 ex.retries += 1
@@ -442,6 +449,9 @@ class Proxy:
         except UpstreamError:
             health.failed(i, time.monotonic())
             raise
+        except asyncio.CancelledError:
+            health.abandoned(i)  # a deadline, a hedge lost, the client gone: no outcome
+            raise
         if resp.status >= 500:
             health.failed(i, time.monotonic())
             try:
@@ -465,8 +475,10 @@ class Proxy:
             health.failed(i, time.monotonic())
             attempt.failure = _as_refusal(exc)
             return attempt
-        except BaseException:
+        except BaseException as exc:
             resp.close()
+            if isinstance(exc, asyncio.CancelledError):
+                health.abandoned(i)
             raise
         attempt.resp = resp
         attempt.first_byte_s = time.perf_counter() - attempt.sent_at
@@ -542,7 +554,8 @@ class Proxy:
             self._untake(ex, target)
             raise
         # Last, with no await after it: ``allow`` counts the request as retrying.
-        if allowed and route.retry_budget.allow(ex.retries > 0):
+        if allowed and route.retry_budget.allow(ex.retry_share):
+            ex.retry_share = True
             ex.retries += 1
             return target
         self._untake(ex, target)

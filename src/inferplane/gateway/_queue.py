@@ -102,6 +102,7 @@ class ModelQueue:
             # The client left while queued; or, dispatched in the same instant, give it back.
             dispatched = future.done() and not future.cancelled() and not future.exception()
             if not self.dispatcher.cancel(item.request_id) and dispatched:
+                self.served(item.tenant, item.slo_class, item.tokens, 0)
                 self.release(future.result(), 0.0, item.tokens, measured=False)
             raise
         finally:
@@ -129,6 +130,11 @@ class ModelQueue:
         self.dispatcher.finished(replica, service_s, tokens=tokens, measured=measured)
         self._pump()
 
+    def served(self, tenant: str, slo_class: str, reserved: int, used: int) -> None:
+        """A dispatched request ended having used ``used`` of the ``reserved`` tokens its
+        tenant was counted at dispatch: fairness is on tokens served, not asked for."""
+        self.dispatcher.queue.settle(tenant, slo_class, reserved, used)
+
     def take_spare(self, tokens: int, exclude: Collection[int]) -> int | None:
         """A slot for a second attempt (a hedge) on a replica outside ``exclude`` whose
         breaker is closed, if one has room now and nothing queues; else None."""
@@ -140,13 +146,17 @@ class ModelQueue:
     def _pump(self) -> None:
         now = time.monotonic()
         health = self._health
-        for item, replica in self.dispatcher.dispatch(now, lambda i: health.available(i, now)):
+        started = self.dispatcher.dispatch(
+            now, lambda i: health.available(i, now), placed=health.sent
+        )
+        for item, replica in started:
             future = self._waiting.get(item.request_id)
             if future is None or future.done():
                 # Nobody waits for it any more.
+                self.dispatcher.queue.settle(item.tenant, item.slo_class, item.tokens, 0)
                 self.dispatcher.finished(replica, 0.0, tokens=item.tokens, measured=False)
+                health.abandoned(replica)
                 continue
-            health.sent(replica)
             future.set_result(replica)
         self._arm(now)
 

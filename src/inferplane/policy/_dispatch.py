@@ -123,12 +123,17 @@ class Dispatcher:
         return None
 
     def dispatch(
-        self, now: float, usable: Callable[[int], bool] | None = None
+        self,
+        now: float,
+        usable: Callable[[int], bool] | None = None,
+        placed: Callable[[int], None] | None = None,
     ) -> list[tuple[QueueItem, int]]:
         """The queued requests to start now, each with the replica that has room for it
         (the one with the fewest in flight). ``usable`` says which replicas may take
         work (their breakers); when none may, any with room does (trying beats waiting
-        out every ejection)."""
+        out every ejection). ``placed(replica)`` is told each placement before the next
+        is chosen, so that ``usable`` can change with it (a half-open breaker takes one
+        probe, not a burst)."""
         if usable is not None and not any(usable(i) for i in range(len(self.slots))):
             usable = None
         started = []
@@ -140,6 +145,8 @@ class Dispatcher:
             assert item is head
             self._start(replica, item.tokens)
             started.append((item, replica))
+            if placed is not None:
+                placed(replica)
         return started
 
     def take_spare(

@@ -68,6 +68,13 @@ class Health:
         if b.state is BreakerState.HALF_OPEN:
             b.probing = True
 
+    def abandoned(self, index: int) -> None:
+        """A request sent to ``index`` ended with no outcome (cancelled before any answer):
+        if it was the probe, the next request may probe instead."""
+        b = self.breakers[index]
+        if b.state is BreakerState.HALF_OPEN:
+            b.probing = False
+
     def succeeded(self, index: int) -> None:
         b = self.breakers[index]
         b.state, b.errors_in_a_row, b.ejections_in_a_row, b.probing = (

@@ -58,6 +58,8 @@ class _ClassQueue:
     cls: SloClass
     tenants: dict[str, deque[QueueItem]] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)  # tokens served / weight
+    # Of the counters, what dispatched requests reserved and have not settled yet.
+    in_flight: dict[str, float] = field(default_factory=dict)
     size: int = 0
     tokens: int = 0  # queued tokens, for waits predicted in tokens
     served: float = 0.0  # tokens served / class weight, against classes of its priority
@@ -66,11 +68,18 @@ class _ClassQueue:
         return min(q[0].enqueued_at for q in self.tenants.values() if q)
 
 
-def _lift(counters: dict[str, float], backlogged: list[str], name: str) -> None:
+def _lift(
+    counters: dict[str, float],
+    backlogged: list[str],
+    name: str,
+    in_flight: Mapping[str, float] | None = None,
+) -> None:
     """VTC's lift: a flow that becomes backlogged starts no lower than the smallest
     counter of those already backlogged (the largest of all when none is), so time
-    spent idle is not banked as credit."""
-    active = [counters[n] for n in backlogged]
+    spent idle is not banked as credit. Counted as served: what was served, not what
+    requests in flight reserved (a newcomer would wait out others' unused max_tokens)."""
+    held = in_flight or {}
+    active = [counters[n] - held.get(n, 0.0) for n in backlogged]
     floor = min(active) if active else max(counters.values(), default=0.0)
     counters[name] = max(counters.get(name, 0.0), floor)
 
@@ -125,7 +134,7 @@ class DispatchQueue:
                 q.served = served[q.cls.name]
         backlog = q.tenants.get(item.tenant)
         if not backlog:
-            _lift(q.counters, [t for t, b in q.tenants.items() if b], item.tenant)
+            _lift(q.counters, [t for t, b in q.tenants.items() if b], item.tenant, q.in_flight)
             backlog = q.tenants.setdefault(item.tenant, deque())
         backlog.append(item)
         q.size += 1
@@ -146,7 +155,9 @@ class DispatchQueue:
         item = q.tenants[tenant].popleft()
         q.size -= 1
         q.tokens -= item.tokens
-        q.counters[tenant] += item.tokens / self._weights.get(tenant, 1.0)
+        reserved = item.tokens / self._weights.get(tenant, 1.0)
+        q.counters[tenant] += reserved
+        q.in_flight[tenant] = q.in_flight.get(tenant, 0.0) + reserved
         q.served += item.tokens / q.cls.weight
         self._last_served[q.cls.priority] = now
         del self._where[item.request_id]
@@ -187,9 +198,10 @@ class DispatchQueue:
             q.tokens -= item.tokens
         return item
 
-    def correct(self, tenant: str, slo_class: str, tokens_delta: int) -> None:
-        """Adjust a tenant's counter once a request's actual tokens are known."""
+    def settle(self, tenant: str, slo_class: str, reserved: int, used: int) -> None:
+        """A request popped with ``reserved`` tokens ended having used ``used``: its tenant
+        is counted what it was served, not what it asked for."""
         q = self._classes[slo_class]
-        q.counters[tenant] = max(
-            0.0, q.counters.get(tenant, 0.0) + tokens_delta / self._weights.get(tenant, 1.0)
-        )
+        weight = self._weights.get(tenant, 1.0)
+        q.counters[tenant] = max(0.0, q.counters.get(tenant, 0.0) + (used - reserved) / weight)
+        q.in_flight[tenant] = max(0.0, q.in_flight.get(tenant, 0.0) - reserved / weight)

@@ -225,17 +225,18 @@ class SimGateway:
         d = route.dispatcher
         assert d is not None
         health = route.health
-        while started := d.dispatch(now, lambda i: health.available(i, now)):
+        while started := d.dispatch(now, lambda i: health.available(i, now), health.sent):
             refused = False
             for item, index in started:
                 request = route.waiting.pop(item.request_id)
                 if self._too_long(route, request, index):
                     # Answered at once, so its slot is free again: dispatch once more.
+                    d.queue.settle(item.tenant, item.slo_class, item.tokens, 0)
                     d.finished(index, 0.0, tokens=item.tokens, measured=False)
+                    health.abandoned(index)
                     self._refuse(request, now, "too_long")
                     refused = True
                     continue
-                health.sent(index)
                 self._start(route, request, index, now)
             if not refused:
                 break
@@ -282,6 +283,9 @@ class SimGateway:
             del self.in_engine[request.id]
             route.router.done(index, request.tokens)
             if route.dispatcher is not None:
+                route.dispatcher.queue.settle(
+                    request.arrival.tenant, request.slo_class, request.tokens, 0
+                )
                 route.dispatcher.finished(index, 0.0, tokens=request.tokens, measured=False)
             request.replica, request.route_index = None, -1
             if request.first_token_at is None:
@@ -315,5 +319,9 @@ class SimGateway:
                 replica.set_state(ReplicaState.OFF, event.time)
             if route.dispatcher is not None:
                 service_s = event.time - request.dispatched_at
+                # The twin's requests use all they ask for: served as reserved.
+                route.dispatcher.queue.settle(
+                    request.arrival.tenant, request.slo_class, request.tokens, request.tokens
+                )
                 route.dispatcher.finished(index, service_s, tokens=request.tokens)
                 self._pump(route, event.time)
