@@ -8,7 +8,8 @@ Guarantees: every HTTP response carries ``x-request-id``, new for each request
 (the ledger's key and the budgets' hold id, so it must be unique: a client's id
 is not), and echoes the client's own id, when it sent a sane one, as
 ``x-client-request-id``; every failure is an OpenAI error body, never a
-traceback.
+traceback; a client that hangs up after sending its request, before the
+response starts, has its handler cancelled (and is sent nothing).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from inferplane.wire import OpenAIError
 
@@ -130,6 +131,60 @@ class EventStreamResponse(Response):
                 self.on_abandon()
 
 
+class _HangUpWatch:
+    """Cancels the task handling a request when its client hangs up before the response.
+
+    An ASGI server does not cancel the app when the client leaves; it answers a later
+    ``receive()`` with ``http.disconnect``. So once the handler has read the whole
+    body, one task waits for that message, and cancels the handler when it comes: a
+    request queued for a slot leaves the queue, a backend generating a whole answer
+    is stopped. Until the body is complete nothing waits (two ``receive()`` calls
+    must never race for the body), and a handler that never reads it (GET) starts
+    nothing. After that, ``receive`` is served by the watcher, so nobody else reads
+    from the server at the same time; once ``stop`` is called, it goes straight to
+    the server again, for the response (an ``EventStreamResponse`` watches by
+    itself).
+    """
+
+    __slots__ = ("_receive", "_stopped", "_task", "_watcher", "left")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self._receive = receive
+        self._task = task
+        self._watcher: asyncio.Task[Message] | None = None
+        self._stopped = False
+        self.left = False  # the client hung up, and the task was cancelled for it
+
+    async def receive(self) -> Message:
+        watcher = self._watcher
+        if watcher is not None:
+            # The body is in: all that can come now is the disconnect the watcher awaits.
+            return await asyncio.shield(watcher)
+        message = await self._receive()
+        if (
+            message["type"] == "http.request"
+            and not message.get("more_body", False)
+            and not self._stopped
+        ):
+            self._watcher = asyncio.create_task(self._watch())
+        return message
+
+    async def _watch(self) -> Message:
+        while (message := await self._receive())["type"] != "http.disconnect":
+            pass
+        self.left = True
+        self._task.cancel()
+        return message
+
+    def stop(self) -> None:
+        """No more cancelling: the handler is over. A watcher that saw the disconnect
+        is kept, so that ``receive`` tells the response about it too."""
+        self._stopped = True
+        if self._watcher is not None and not self.left:
+            self._watcher.cancel()
+            self._watcher = None
+
+
 class JsonApp:
     """Routes ``(method, path)`` to handlers; runs start/stop hooks for the lifespan."""
 
@@ -156,6 +211,9 @@ class JsonApp:
             "request_id": rid.decode(),
             "client_request_id": client_rid and client_rid.decode(),
         }
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _HangUpWatch(receive, task)
         try:
             by_method = self._routes.get(scope["path"])
             if by_method is None:
@@ -169,7 +227,7 @@ class JsonApp:
                     f"Method {scope['method']} is not allowed on {scope['path']}.",
                     "method_not_allowed",
                 )
-            response = await handler(Request(scope, receive))
+            response = await handler(Request(scope, watch.receive))
         except OpenAIError as exc:
             response = error_response(exc)
         except Exception:
@@ -177,10 +235,22 @@ class JsonApp:
             response = error_response(
                 OpenAIError(500, "Internal error; see the server log.", "internal_error")
             )
+        except asyncio.CancelledError:
+            # Ours (the client hung up; the handler's cleanup has run): nobody is there
+            # to answer. Any other (the server shutting down) goes on.
+            if watch.left and task.uncancel() == 0:
+                return
+            raise
+        finally:
+            watch.stop()
+        if watch.left:
+            # The handler swallowed our cancellation and answered anyway: undo it, and
+            # let the response find out that the client is gone (and clean up).
+            task.uncancel()
         response.raw_headers.append((b"x-request-id", rid))
         if client_rid is not None:
             response.raw_headers.append((b"x-client-request-id", client_rid))
-        await response(scope, receive, send)
+        await response(scope, watch.receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
