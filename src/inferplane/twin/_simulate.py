@@ -12,6 +12,7 @@ import csv
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -87,8 +88,7 @@ class Simulation:
         self._end = 0.0
         self._exhausted = False
         self._ttft_targets = {n: c.ttft_s for n, c in scenario.slo_classes.items()}
-        # (model, workflow) -> [requests, weighted tokens], for the cost split.
-        self._usage: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+        self._usage: dict[tuple[str, str], _Usage] = defaultdict(_Usage)  # (model, workflow)
         self._weights = {n: float(m.input_token_weight) for n, m in scenario.models.items()}
         self._window: dict[str, int] = defaultdict(int)  # counts since the last sample
         self._busy_mark = [0.0] * len(self.gateway.replicas)
@@ -189,8 +189,10 @@ class Simulation:
             met = target is None or ttft <= target
             t.met_slo += met
             usage = self._usage[(request.model, a.workflow or "")]
-            usage[0] += 1
-            usage[1] += a.output_tokens + a.prompt_tokens * self._weights[request.model]
+            usage.requests += 1
+            usage.weighted_tokens += (
+                a.output_tokens + a.prompt_tokens * self._weights[request.model]
+            )
             self._window["completed"] += 1
         elif outcome == "replica_failed":
             t.failed += 1
@@ -312,16 +314,21 @@ class Simulation:
         its split between workflows by weighted tokens, as ``per_hour`` pricing does."""
         fleet = sum(by_model.values())
         weighted: dict[str, float] = defaultdict(float)
-        for (model, _), (_, w) in self._usage.items():
-            weighted[model] += w
-        workflows: dict[str, dict[str, float]] = {}
-        for (model, workflow), (n, w) in sorted(self._usage.items()):
-            share = by_model[model] * w / weighted[model] if weighted[model] else 0.0
-            entry = workflows.setdefault(workflow or "(none)", {"requests": 0, "cost_usd": 0.0})
-            entry["requests"] += n
-            entry["cost_usd"] += share
-        for entry in workflows.values():
-            entry["cost_per_request_usd"] = entry["cost_usd"] / entry["requests"]
+        for (model, _), usage in self._usage.items():
+            weighted[model] += usage.weighted_tokens
+        # Typed apart, not as one dict of floats: compiled, that would turn counts into floats.
+        requests: dict[str, int] = defaultdict(int)
+        costs: dict[str, float] = defaultdict(float)
+        for (model, workflow), usage in sorted(self._usage.items(), key=lambda kv: kv[0]):
+            w = usage.weighted_tokens
+            costs[workflow or "(none)"] += (
+                by_model[model] * w / weighted[model] if weighted[model] else 0.0
+            )
+            requests[workflow or "(none)"] += usage.requests
+        workflows = {
+            name: {"requests": n, "cost_usd": costs[name], "cost_per_request_usd": costs[name] / n}
+            for name, n in requests.items()
+        }
         tokens = totals.input_tokens + totals.output_tokens if totals else 0
         completed = totals.completed if totals else 0
         return {
@@ -330,6 +337,14 @@ class Simulation:
             "per_request_usd": fleet / completed if completed else None,
             "by_workflow": workflows,
         }
+
+
+@dataclass(slots=True)
+class _Usage:
+    """What one model served one workflow, for the cost split."""
+
+    requests: int = 0
+    weighted_tokens: float = 0.0
 
 
 def _num(value: float | None) -> str:
