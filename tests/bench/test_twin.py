@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from inferplane.bench.twin import run_twin_bench
+from inferplane.twin import compiled
 
 
 def test_twin_bench_reports_speed_per_fleet_and_flat_memory(tmp_path: Path) -> None:
@@ -28,3 +29,9 @@ def test_twin_bench_reports_speed_per_fleet_and_flat_memory(tmp_path: Path) -> N
     assert report["capacity_per_replica_rps"] > 1
     assert report["memory"]["peak_bytes"][0] > 0  # flatness: tests/twin, at a settled size
     assert any("sim req/s" in line for line in lines)
+    # Compiled, the largest fleet is timed as plain Python too (in a child process).
+    assert report["compiled"] == compiled()
+    plain = report["plain_python"]
+    assert (plain is not None) == report["compiled"]
+    if plain is not None:
+        assert plain["replicas"] == 2 and plain["compiled_over_plain"] > 0

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from inferplane.twin import Scenario, Simulation, TraceError, run_scenario, simulate_to
+from inferplane.twin import Scenario, Simulation, TraceError, compiled, run_scenario, simulate_to
 from inferplane.twin._replica import ReplicaState
 
 
@@ -127,6 +127,9 @@ def test_an_idle_pool_keeps_its_size_for_the_scale_down_window() -> None:
     assert shrink[0]["target"] == 1
 
 
+@pytest.mark.skipif(
+    compiled(), reason="watches SimGateway.set_state: a compiled class cannot be patched"
+)
 def test_a_cancelled_cold_start_does_not_make_a_later_one_ready_early() -> None:
     # Load, a lull (the start asked for at 5 s is cancelled), load again (started anew at
     # 25 s): the first start's timer, due at 45 s, must not make it ready 20 s early.

@@ -6,7 +6,8 @@ request counts, in one process, one after the other. The figure of merit is
 simulated requests per wall-clock second (the issue's target: 50,000 on one
 core for 64 replicas near saturation). Memory: the peak traced allocation of a
 run and a four times longer one of the smallest fleet, with per-request output
-off, must stay flat.
+off, must stay flat. Where the twin runs compiled (``setup.py``), the largest
+fleet's run is timed again as plain Python, in a child process, for the ratio.
 
 Capacity is measured, not assumed: one replica is driven far past saturation in
 the twin and its completion rate is taken as the per-replica capacity.
@@ -14,6 +15,10 @@ the twin and its completion rate is taken as the per-replica capacity.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from inferplane.bench._report import save_report
-from inferplane.twin import Scenario, Simulation
+from inferplane.twin import Scenario, Simulation, compiled, plain_sources
 
 __all__ = ["MAX_LOAD", "MAX_REPLICAS", "MAX_REQUESTS", "run_twin_bench"]
 
@@ -76,6 +81,24 @@ def _timed(scenario: Scenario) -> tuple[dict[str, Any], float]:
     return summary, time.perf_counter() - start
 
 
+def _plain_rate(replicas: int, rate: float, count: int, seed: int) -> float:
+    """Simulated requests per wall second of the same run with the twin as plain Python."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = (
+            "import json, sys\n"
+            f"sys.path.insert(0, {str(plain_sources(Path(tmp)))!r})\n"
+            "from inferplane.bench.twin import _scenario, _timed\n"
+            "from inferplane.twin import compiled\n"
+            "assert not compiled()\n"
+            f"summary, wall = _timed(_scenario({replicas}, {rate!r}, {count}, {seed}))\n"
+            "print(json.dumps(summary['requests'] / wall))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], check=True, capture_output=True, text=True
+        )
+    return float(json.loads(done.stdout))
+
+
 def _peak_bytes(scenario: Scenario) -> int:
     tracemalloc.start()
     try:
@@ -95,6 +118,12 @@ def run_twin_bench(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     per_replica = capacity_per_replica(seed)
+    fast = compiled()
+    echo(
+        "twin: compiled (mypyc)"
+        if fast
+        else "twin: plain Python (an editable install; `pip install .` compiles it)"
+    )
     echo(f"capacity: {per_replica:.1f} req/s per replica (twin, driven at overload)")
     runs = []
     cases = [(n, requests) for n in fleets] + [(max(fleets), 4 * requests)]
@@ -120,6 +149,18 @@ def run_twin_bench(
             f"{replicas:>8} {run['requests']:>9,} {run['simulated_s']:>8,.0f} {wall:>7.2f} "
             f"{run['sim_requests_per_wall_s']:>10,.0f} {busy:>5.0%}"
         )
+    plain = None
+    if fast:
+        largest = max(fleets)
+        plain_rps = _plain_rate(largest, load * per_replica * largest, requests, seed)
+        same = next(r for r in runs if r["replicas"] == largest)
+        ratio = same["sim_requests_per_wall_s"] / plain_rps
+        plain = {"replicas": largest, "requests": requests, "sim_requests_per_wall_s": plain_rps}
+        plain["compiled_over_plain"] = ratio
+        echo(
+            f"plain Python, {largest} replicas, {requests:,} requests: {plain_rps:,.0f} "
+            f"sim req/s (compiled: {ratio:.2f}x)"
+        )
     # Memory on the smallest fleet, which fills up soonest: once its requests in flight
     # have settled, more requests must not mean more memory.
     smallest = min(fleets)
@@ -140,6 +181,8 @@ def run_twin_bench(
             "peak_bytes": [short, long],
             "ratio": long / short,
         },
+        "compiled": fast,
+        "plain_python": plain,
         "target_sim_requests_per_wall_s": 50_000,
     }
     params = {"fleets": list(fleets), "requests": requests, "load": load, "seed": seed}
