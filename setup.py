@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import sysconfig
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 from setuptools import Distribution, setup
@@ -37,6 +38,8 @@ COMPILED = [
     "src/inferplane/twin/_stats.py",
 ]
 
+SOURCES = Path(__file__).parent / "src"
+
 # Type-checks the modules it compiles as the project's mypy config does; what they
 # import is read for its types only (the build has none of the runtime dependencies).
 MYPY_FLAGS = ["--follow-imports=silent", "--ignore-missing-imports"]
@@ -49,6 +52,7 @@ class CompiledDistribution(Distribution):
 
 class BuildTwinExtensions(build_ext):
     def run(self) -> None:
+        self._remove_compiled()
         # Decided here, the one place where it is known whether the build is editable
         # (egg_info finalizes this command before the editable flag is set).
         if not self._wanted():
@@ -62,6 +66,21 @@ class BuildTwinExtensions(build_ext):
         self.inplace, self.editable_mode = inplace, editable
         self.finalize_options()
         super().run()
+
+    def _remove_compiled(self) -> None:
+        """Modules compiled by an earlier build go first: a build that does not compile
+        must not ship them (pip builds in this tree, reusing ``build/``), nor leave them
+        in the sources to shadow edits (an editable install compiled before)."""
+        roots = [Path(self.build_lib)]
+        if self.inplace or self.editable_mode:
+            roots.append(SOURCES)
+        for root in roots:
+            built = list(root.glob("inferplane__mypyc*"))
+            for module in COMPILED:
+                stem = root / Path(module).relative_to("src").with_suffix("")
+                built += [stem.with_name(stem.name + suffix) for suffix in EXTENSION_SUFFIXES]
+            for path in built:
+                path.unlink(missing_ok=True)
 
     def _wanted(self) -> bool:
         choice = os.environ.get("INFERPLANE_COMPILE", "auto")
