@@ -142,12 +142,20 @@ def _scenario_files(tmp_path: Path) -> list[Path]:
 
 def test_compiled_and_plain_runs_write_the_same_bytes(tmp_path: Path) -> None:
     sources = plain_sources(tmp_path / "plain")
+    summaries: dict[str, dict[str, Any]] = {}
     for scenario in _scenario_files(tmp_path):
         fast, plain = tmp_path / "fast" / scenario.stem, tmp_path / "plain-out" / scenario.stem
-        summary = run_scenario(scenario, fast)
+        summaries[scenario.stem] = summary = run_scenario(scenario, fast)
         assert summary["total"]["completed"] > 100  # the scenario did something
         _plain_run(sources, scenario, plain)
         written = sorted(p.name for p in fast.iterdir())
         assert written == sorted(p.name for p in plain.iterdir())
         for name in written:
             assert (fast / name).read_bytes() == (plain / name).read_bytes(), (scenario, name)
+    # ... and what each was written for happened.
+    queue = summaries["queue-fallback-failures"]
+    assert queue["failures"]["m"] > 0 and queue["total"]["rejected"]
+    assert (
+        b",spare," in (tmp_path / "fast" / "queue-fallback-failures" / "requests.csv").read_bytes()
+    )
+    assert summaries["prefix-affinity-autoscale"]["autoscaling"]["m"]["decisions"]
