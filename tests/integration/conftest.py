@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -169,6 +170,27 @@ tenants:
 
 
 _clients: list[openai.OpenAI] = []
+
+
+DeadUrl = Callable[[], str]
+
+
+@pytest.fixture
+def dead_url() -> Iterator[DeadUrl]:
+    """Makes URLs that refuse connections: each port is held bound, not listening, for the
+    whole test. (A port merely found free could be handed to the gateway the test starts
+    next, which would then proxy to itself.)"""
+    held: list[socket.socket] = []
+
+    def make() -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        held.append(sock)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield make
+    for sock in held:
+        sock.close()
 
 
 def client(base_url: str, key: str = KEY) -> openai.OpenAI:

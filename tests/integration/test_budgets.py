@@ -14,7 +14,16 @@ import pytest
 from inferplane import launcher
 from inferplane.perf import count_text_tokens
 
-from .conftest import KEY, MODEL, Gateway, StartEmulator, StartGateway, client, ledger_rows
+from .conftest import (
+    KEY,
+    MODEL,
+    DeadUrl,
+    Gateway,
+    StartEmulator,
+    StartGateway,
+    client,
+    ledger_rows,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -289,9 +298,9 @@ def test_a_run_past_its_wall_time_is_cut_and_then_refused(
 
 
 def test_failover_retries_are_counted_and_bounded_by_the_run_budget(
-    replica: launcher.Child, start_gateway: StartGateway
+    replica: launcher.Child, start_gateway: StartGateway, dead_url: DeadUrl
 ) -> None:
-    dead = f"http://127.0.0.1:{launcher.free_port()}"  # refuses connections
+    dead = dead_url()
     gateway = start_gateway(
         [dead, replica.url], tenant_a="run_budget: {retries: 1}", backend_cooldown_s=0
     )

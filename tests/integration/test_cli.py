@@ -30,7 +30,12 @@ def _port_open(port: int) -> bool:
 
 
 def test_up_starts_the_fleet_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
-    ports = [launcher.free_port() for _ in range(3)]
+    held = [socket.socket() for _ in range(3)]  # bound together: three different ports
+    for sock in held:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in held]
+    for sock in held:
+        sock.close()
     config = tmp_path / "fleet.yaml"
     config.write_text(
         f"""

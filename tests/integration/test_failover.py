@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 
 import httpx
 import pytest
 
-from inferplane import launcher
-
-from .conftest import KEY, MODEL, StartEmulator, StartGateway, client, ledger_rows
+from .conftest import KEY, MODEL, DeadUrl, StartEmulator, StartGateway, client, ledger_rows
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +93,9 @@ def test_killing_a_replica_under_load_loses_no_request_that_had_not_begun_answer
 def test_health_checks_keep_traffic_off_a_backend_that_is_down_until_it_is_up(
     start_emulator: StartEmulator, start_gateway: StartGateway
 ) -> None:
-    port = launcher.free_port()  # nothing listens there yet
+    held = socket.socket()  # bound, not listening: refuses, and nothing else gets the port
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
     live = start_emulator(time_scale=50.0)
     gateway = start_gateway(
         [f"http://127.0.0.1:{port}", live.url], backend_cooldown_s=30.0, health_check_s=0.2
@@ -105,6 +106,7 @@ def test_health_checks_keep_traffic_off_a_backend_that_is_down_until_it_is_up(
         c.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
     assert [r["retries"] for r in ledger_rows(gateway, expected=6)] == [0] * 6
     # It comes up: a passing check lets it have its probe long before its 30 s ejection ends.
+    held.close()
     start_emulator(time_scale=50.0, port=port)
     for _ in range(100):
         c.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
@@ -116,10 +118,10 @@ def test_health_checks_keep_traffic_off_a_backend_that_is_down_until_it_is_up(
 
 
 def test_a_model_that_cannot_serve_falls_back_along_its_chain(
-    start_emulator: StartEmulator, start_gateway: StartGateway
+    start_emulator: StartEmulator, start_gateway: StartGateway, dead_url: DeadUrl
 ) -> None:
     spare = start_emulator(time_scale=50.0)
-    dead = f"http://127.0.0.1:{launcher.free_port()}"
+    dead = dead_url()
     gateway = start_gateway(
         [dead],
         model="fallback: [spare]",

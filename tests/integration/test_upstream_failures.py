@@ -13,20 +13,14 @@ import httpx
 import openai
 import pytest
 
-from inferplane import launcher
-
-from .conftest import MODEL, Gateway, StartEmulator, StartGateway, client
+from .conftest import MODEL, DeadUrl, Gateway, StartEmulator, StartGateway, client
 
 pytestmark = pytest.mark.integration
 
 HI = [{"role": "user", "content": "hi"}]
 
 
-def dead_url() -> str:
-    return f"http://127.0.0.1:{launcher.free_port()}"
-
-
-def test_all_backends_down_is_502_at_once(start_gateway: StartGateway) -> None:
+def test_all_backends_down_is_502_at_once(start_gateway: StartGateway, dead_url: DeadUrl) -> None:
     gateway = start_gateway([dead_url(), dead_url()])
     # Refused connections fail fast: a hang would end in the client's timeout instead.
     with pytest.raises(openai.APIStatusError) as down:
@@ -39,7 +33,7 @@ def test_all_backends_down_is_502_at_once(start_gateway: StartGateway) -> None:
 
 
 def test_a_refusing_backend_is_skipped(
-    start_emulator: StartEmulator, start_gateway: StartGateway
+    start_emulator: StartEmulator, start_gateway: StartGateway, dead_url: DeadUrl
 ) -> None:
     gateway = start_gateway([dead_url(), start_emulator().url])
     for _ in range(6):
