@@ -89,7 +89,9 @@ class BuildTwinExtensions(build_ext):
         if choice == "0" or (choice == "auto" and (self.editable_mode or self.inplace)):
             return False
         headers = Path(sysconfig.get_paths()["include"], "Python.h")
-        if shutil.which(os.environ.get("CC", "cc")) is None or not headers.exists():
+        # The compiler setuptools will call: $CC, else the one Python was built with.
+        compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+        if shutil.which(compiler) is None or not headers.exists():
             if choice == "1":
                 raise SystemExit("INFERPLANE_COMPILE=1 needs a C compiler and Python's headers")
             print("inferplane: no C compiler or Python headers; the twin runs uncompiled")
