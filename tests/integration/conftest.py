@@ -169,9 +169,6 @@ tenants:
     return start
 
 
-_clients: list[openai.OpenAI] = []
-
-
 DeadUrl = Callable[[], str]
 
 
@@ -191,6 +188,9 @@ def dead_url() -> Iterator[DeadUrl]:
     yield make
     for sock in held:
         sock.close()
+
+
+_clients: list[openai.OpenAI] = []
 
 
 def client(base_url: str, key: str = KEY) -> openai.OpenAI:

@@ -15,10 +15,6 @@ the twin and its completion rate is taken as the per-replica capacity.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -26,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from inferplane.bench._report import save_report
-from inferplane.twin import Scenario, Simulation, compiled, plain_sources
+from inferplane.twin import Scenario, Simulation, compiled, run_plain
 
 __all__ = ["MAX_LOAD", "MAX_REPLICAS", "MAX_REQUESTS", "run_twin_bench"]
 
@@ -83,20 +79,12 @@ def _timed(scenario: Scenario) -> tuple[dict[str, Any], float]:
 
 def _plain_rate(replicas: int, rate: float, count: int, seed: int) -> float:
     """Simulated requests per wall second of the same run with the twin as plain Python."""
-    with tempfile.TemporaryDirectory() as tmp:
-        script = (
-            "import json, sys\n"
-            f"sys.path.insert(0, {str(plain_sources(Path(tmp)))!r})\n"
-            "from inferplane.bench.twin import _scenario, _timed\n"
-            "from inferplane.twin import compiled\n"
-            "assert not compiled()\n"
-            f"summary, wall = _timed(_scenario({replicas}, {rate!r}, {count}, {seed}))\n"
-            "print(json.dumps(summary['requests'] / wall))\n"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", script], check=True, capture_output=True, text=True
-        )
-    return float(json.loads(done.stdout))
+    printed = run_plain(
+        "from inferplane.bench.twin import _scenario, _timed\n"
+        f"summary, wall = _timed(_scenario({replicas}, {rate!r}, {count}, {seed}))\n"
+        "print(repr(summary['requests'] / wall))\n"
+    )
+    return float(printed)
 
 
 def _peak_bytes(scenario: Scenario) -> int:

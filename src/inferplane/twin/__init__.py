@@ -1,7 +1,7 @@
 """The digital twin: the fleet on a simulated clock, driving the gateway's own policies."""
 
 from inferplane.twin._loop import EventLoop
-from inferplane.twin._native import compiled, plain_sources
+from inferplane.twin._native import compiled, run_plain
 from inferplane.twin._results import run_scenario, simulate_to
 from inferplane.twin._scenario import Scenario, load_scenario
 from inferplane.twin._simulate import REQUEST_COLUMNS, Simulation
@@ -28,8 +28,8 @@ __all__ = [
     "arrivals",
     "compiled",
     "load_scenario",
-    "plain_sources",
     "read_trace",
+    "run_plain",
     "run_scenario",
     "simulate_to",
 ]
