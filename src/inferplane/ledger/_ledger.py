@@ -175,18 +175,24 @@ class SqlLedger:
                 loop.call_soon_threadsafe(_complete, futures, error)
 
     def _commit(self, pending: list[_Pending]) -> None:
-        # Summed per row to update, in plain ints: this thread shares the GIL with the loop.
-        spend: dict[tuple[str, int], list[int]] = {}
-        consumed: dict[tuple[str, str], list[int]] = {}
+        # This thread shares the GIL with the loop, so per event it only adds one Amount
+        # to its charge path's (a batch has few paths: the runs in progress); the sums
+        # are spread over the rows to update per path, not per event.
+        paths: dict[tuple[tuple[str, ...], str | None, tuple[str, ...], int], Amount] = {}
         for p in pending:
             charge = p.charge
-            values = _values(charge.amount)
-            hour = int(p.event.time // 3600) * 3600
-            for scope in charge.scopes:
+            path = (charge.scopes, charge.holder, charge.leased, int(p.event.time // 3600) * 3600)
+            total = paths.get(path)
+            paths[path] = charge.amount if total is None else total + charge.amount
+        spend: dict[tuple[str, int], list[int]] = {}
+        consumed: dict[tuple[str, str], list[int]] = {}
+        for (scopes, holder, leased, hour), amount in paths.items():
+            values = _values(amount)
+            for scope in scopes:
                 _add(spend, (scope, hour), values)
-            if charge.holder is not None:
-                for scope in charge.leased:
-                    _add(consumed, (scope, charge.holder), values)
+            if holder is not None:
+                for scope in leased:
+                    _add(consumed, (scope, holder), values)
         events = [p.event for p in pending]
         # Sorted, so that concurrent writers lock rows in the same order.
         spent = [(*key, *v[: len(_SPEND)]) for key, v in sorted(spend.items())]
