@@ -35,7 +35,6 @@ from inferplane.gateway._auth import Principal, Registry
 from inferplane.ledger import Charge, LeaseRequest, LeaseResult, LeaseStore
 from inferplane.perf import count_chat_tokens, count_text_tokens
 from inferplane.policy import (
-    Account,
     Amount,
     Book,
     Granted,
@@ -111,7 +110,7 @@ def choices_of(body: dict[str, Any], operation: str) -> int:
     """How many answers a request asks for, each up to ``max_tokens``: ``n`` (and a
     completion's ``best_of``, which it generates and then drops). Values the backend
     will refuse count as one."""
-    if operation == "embeddings":
+    if operation == "embeddings" or ("n" not in body and "best_of" not in body):
         return 1
     counts = [body.get("n"), body.get("best_of") if operation == "text_completion" else None]
     return max([c for c in counts if isinstance(c, int) and c > 0], default=1)
@@ -171,7 +170,7 @@ class BudgetGate:
         # Requests holding budget, by hold id, while their owner (the gateway's record of
         # the request) lives: their holds do not expire, however long they stream. A
         # hold whose owner is gone without settling (a bug) still expires.
-        self._running: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+        self._running: dict[str, weakref.ref[object]] = {}
 
     @property
     def holder(self) -> str:
@@ -246,7 +245,7 @@ class BudgetGate:
         deadline, run = await self._deadline(scopes, now)
         held = await self._hold_or_lease(request_id, scopes, amount, price, now, choices)
         if owner is not None:
-            self._running[request_id] = owner
+            self._running[request_id] = weakref.ref(owner)
         return Admission(held, deadline, run)
 
     async def _hold_or_lease(
@@ -361,7 +360,9 @@ class BudgetGate:
     async def tick(self, now: float) -> None:
         """Expire holds of requests that never settled, keep leases alive, give back
         what idle scopes lease, forget scopes idle for long."""
-        self.book.expire(now, keep=self._running)
+        running = {rid for rid, owner in self._running.items() if owner() is not None}
+        for rid in self.book.expire(now, keep=running):
+            self._running.pop(rid, None)
         if self._leases is None:
             return
         if now >= self._next_heartbeat:
@@ -381,7 +382,7 @@ class BudgetGate:
             forgotten = []
             for scope in idle:
                 account = self.book.accounts.get(scope)
-                if now - self._last_used[scope] > _IDLE_EVICT_S and not (account and account.held):
+                if now - self._last_used[scope] > _IDLE_EVICT_S and not (account and self.book.held_on(account)):
                     self.book.accounts.pop(scope, None)
                     self._run_started.pop(scope, None)
                     del self._last_used[scope]
@@ -509,11 +510,9 @@ class BudgetGate:
         in flight keep their holds, which the next lease must cover."""
         self._epoch += 1
         self._holder = ""
-        for scope, old in list(self.book.accounts.items()):
-            fresh = Account(scope, old.limits.like({}))
-            for request_id, hold in old.held.items():
-                fresh.hold(request_id, hold.amount, hold.expires_at)
-            self.book.accounts[scope] = fresh
+        for account in self.book.accounts.values():
+            account.limits = account.limits.like({})
+            account.spent = Amount()  # spent under the old leases: the database's now
 
     async def _heartbeat(self, now: float) -> None:
         assert self._leases is not None

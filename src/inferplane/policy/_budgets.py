@@ -213,23 +213,17 @@ class Refused:
         return max(0, self.limit - self.used)
 
 
-@dataclass(slots=True)
-class _Hold:
-    amount: Amount
-    expires_at: float
-
-
-@dataclass
+@dataclass(eq=False)  # one per scope: equal only to itself (holds find it by identity)
 class Account:
-    """One scope's budget in its current window: what is spent and what is held."""
+    """One scope's budget in its current window: what is spent and what is held
+    (``reserved``: the sum of the holds on it, which its ``Book`` keeps)."""
 
     scope: Scope
     limits: BudgetLimits
     window: Window = Window.LIFETIME
     window_start: float = float("-inf")
     spent: Amount = ZERO
-    reserved: Amount = ZERO  # the sum of ``held``, kept up to date
-    held: dict[str, _Hold] = field(default_factory=dict)
+    reserved: Amount = ZERO
     # Rolling windows: spend per time bucket (index, amount), oldest first; sums to ``spent``.
     buckets: deque[tuple[int, Amount]] = field(default_factory=deque)
 
@@ -289,34 +283,6 @@ class Account:
                 )
         raise AssertionError("check found a dimension over its limit")
 
-    def hold(self, request_id: str, amount: Amount, expires_at: float) -> None:
-        self._release(request_id)
-        self.held[request_id] = _Hold(amount, expires_at)
-        self.reserved = self.reserved + amount
-
-    def settle(self, request_id: str, actual: Amount, now: float) -> None:
-        """Replace the hold of ``request_id`` (if any) by what it actually used."""
-        self._release(request_id)
-        self.record(actual, now)
-        # The invariant, cheaply: settlements are non-negative (Book checks), so only a
-        # release of more than was held could take ``reserved`` below zero.
-        assert min(self.reserved.input_tokens, self.reserved.cost_micros, self.reserved.calls) >= 0
-
-    def expire(self, now: float, keep: Container[str] = ()) -> list[str]:
-        """Drop holds past their expiry (requests that crashed), but not those of the
-        requests in ``keep`` (known to be still running); returns their ids."""
-        gone = [
-            rid for rid, hold in self.held.items() if hold.expires_at <= now and rid not in keep
-        ]
-        for rid in gone:
-            self._release(rid)
-        return gone
-
-    def _release(self, request_id: str) -> None:
-        hold = self.held.pop(request_id, None)
-        if hold is not None:
-            self.reserved = self.reserved - hold.amount
-
     def fit(self, base: Amount, unit: Amount, now: float) -> int | None:
         """The most units ``k`` such that ``base + k * unit`` fits; None if ``base`` does not.
 
@@ -331,6 +297,15 @@ class Account:
 
     def remaining(self, now: float) -> dict[str, int]:
         return {dim: max(0, room) for dim, room in self.room(now).items()}
+
+
+@dataclass(slots=True)
+class _Hold:
+    """One request's hold, on every account of its path at once."""
+
+    amount: Amount
+    expires_at: float
+    accounts: tuple[Account, ...]
 
 
 def units_that_fit(room: dict[str, int], base: Amount, unit: Amount) -> int | None:
@@ -361,10 +336,14 @@ def charge_scopes(
 
 
 class Book:
-    """All accounts; a request is charged to every scope on its path, all or nothing."""
+    """All accounts; a request is charged to every scope on its path, all or nothing.
+
+    A hold is kept once per request, with the accounts it is on: holding,
+    settling and expiring touch each account's ``reserved`` and nothing else."""
 
     def __init__(self) -> None:
         self.accounts: dict[Scope, Account] = {}
+        self.holds: dict[str, _Hold] = {}
 
     def open(self, scope: Scope, limits: BudgetLimits, window: Window = Window.LIFETIME) -> None:
         """Add a budget, or change the limits of one (its spend is kept)."""
@@ -377,16 +356,19 @@ class Book:
     def reserve(
         self, request_id: str, scopes: Iterable[Scope], amount: Amount, now: float, ttl_s: float
     ) -> Granted | Refused:
-        """Hold ``amount`` in every budgeted scope, or in none if one cannot fit it."""
+        """Hold ``amount`` in every budgeted scope, or in none if one cannot fit it. A
+        request that holds already gives its hold up first, if the new one fits."""
         if not amount.is_nonnegative():
             raise ValueError(f"cannot reserve a negative amount: {amount}")
-        accounts = [a for s in scopes if (a := self.accounts.get(s)) is not None]
+        accounts = tuple(a for s in scopes if (a := self.accounts.get(s)) is not None)
         for account in accounts:
             refused = account.check(amount, now)
             if refused is not None:
                 return refused
+        self._release(request_id)
         for account in accounts:
-            account.hold(request_id, amount, now + ttl_s)
+            account.reserved = account.reserved + amount
+        self.holds[request_id] = _Hold(amount, now + ttl_s, accounts)
         return Granted(request_id)
 
     def fit(self, scopes: Iterable[Scope], base: Amount, unit: Amount, now: float) -> int | None:
@@ -403,15 +385,35 @@ class Book:
         return most
 
     def settle(self, request_id: str, scopes: Iterable[Scope], actual: Amount, now: float) -> None:
+        """Replace the hold of ``request_id`` (if any) by what it actually used."""
         if not actual.is_nonnegative():
             raise ValueError(f"cannot settle a negative amount: {actual}")
+        self._release(request_id)
         for scope in scopes:
             account = self.accounts.get(scope)
             if account is not None:
-                account.settle(request_id, actual, now)
+                account.record(actual, now)
 
     def expire(self, now: float, keep: Container[str] = ()) -> set[str]:
-        expired: set[str] = set()
-        for account in self.accounts.values():
-            expired.update(account.expire(now, keep))
-        return expired
+        """Drop holds past their expiry (requests that crashed), but not those of the
+        requests in ``keep`` (known to be still running); returns their ids."""
+        gone = {
+            rid for rid, hold in self.holds.items() if hold.expires_at <= now and rid not in keep
+        }
+        for rid in gone:
+            self._release(rid)
+        return gone
+
+    def held_on(self, account: Account) -> bool:
+        """Whether any hold is on ``account`` (a scan: for housekeeping, not per request)."""
+        return any(account in hold.accounts for hold in self.holds.values())
+
+    def _release(self, request_id: str) -> None:
+        hold = self.holds.pop(request_id, None)
+        if hold is None:
+            return
+        for account in hold.accounts:
+            account.reserved = account.reserved - hold.amount
+            # The invariant, cheaply: holds are non-negative, so only a release of more
+            # than was held could take ``reserved`` below zero.
+            assert account.reserved.calls >= 0 and account.reserved.input_tokens >= 0
