@@ -76,7 +76,7 @@ def count_text_tokens(text: str) -> int:
         return 0
     pieces = text_pieces(text)
     if text.isascii():  # fast path: bytes == characters
-        return sum((len(piece) + _ROUND_UP) // CHARS_PER_TOKEN for piece in pieces)
+        return sum([(len(piece) + _ROUND_UP) // CHARS_PER_TOKEN for piece in pieces])
     return sum(
         (len(piece.encode("utf-8", "surrogatepass")) + _ROUND_UP) // CHARS_PER_TOKEN
         for piece in pieces
@@ -122,10 +122,23 @@ def count_chat_tokens(messages: Sequence[Mapping[str, object]]) -> int:
     for message in messages:
         total += _TOKENS_PER_MESSAGE
         for key, value in message.items():
-            total += _count_content(value) if key == "content" else _count_value(value)
+            if type(value) is str:  # most values: counted without the type dispatch
+                known = _ROLE_TOKENS.get(value) if key == "role" else None
+                total += count_text_tokens(value) if known is None else known
+            elif key == "content":
+                total += _count_content(value)
+            else:
+                total += _count_value(value)
             if key == "name":
                 total += _TOKENS_PER_NAME
     return total
+
+
+# The roles, counted once: every message has one.
+_ROLE_TOKENS = {
+    role: count_text_tokens(role)
+    for role in ("system", "developer", "user", "assistant", "tool", "function")
+}
 
 
 # Words of 1 to 3 ASCII letters: with a leading space each is one 4-character piece,
