@@ -382,7 +382,9 @@ class BudgetGate:
             forgotten = []
             for scope in idle:
                 account = self.book.accounts.get(scope)
-                if now - self._last_used[scope] > _IDLE_EVICT_S and not (account and self.book.held_on(account)):
+                if now - self._last_used[scope] > _IDLE_EVICT_S and not (
+                    account and self.book.held_on(account)
+                ):
                     self.book.accounts.pop(scope, None)
                     self._run_started.pop(scope, None)
                     del self._last_used[scope]

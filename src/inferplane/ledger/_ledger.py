@@ -186,12 +186,12 @@ class SqlLedger:
             paths[path] = charge.amount if total is None else total + charge.amount
         spend: dict[tuple[str, int], list[int]] = {}
         consumed: dict[tuple[str, str], list[int]] = {}
-        for (scopes, holder, leased, hour), amount in paths.items():
+        for (scopes, holder, lease_scopes, hour), amount in paths.items():
             values = _values(amount)
             for scope in scopes:
                 _add(spend, (scope, hour), values)
             if holder is not None:
-                for scope in leased:
+                for scope in lease_scopes:
                     _add(consumed, (scope, holder), values)
         events = [p.event for p in pending]
         # Sorted, so that concurrent writers lock rows in the same order.
