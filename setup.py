@@ -1,8 +1,9 @@
-"""Compiles the twin's hot path with mypyc; everything else is in pyproject.toml.
+"""Compiles the hot paths with mypyc; everything else is in pyproject.toml.
 
 The modules below are plain, fully typed Python; mypyc turns them into C extensions
-that run the twin 2.3-2.5 times as fast, with the same results (the same arithmetic
-on the same doubles, in the same order). They stay importable as plain Python:
+that run the twin 2.3-2.5 times as fast, and a request's budget checks (worst case,
+hold, settle) about 1.6 times as fast, with the same results (the same arithmetic
+on the same numbers, in the same order). They stay importable as plain Python:
 
 - ``INFERPLANE_COMPILE=0``, or no C compiler or Python headers, builds without them
   (``INFERPLANE_COMPILE=1`` then fails instead);
@@ -24,11 +25,15 @@ from setuptools.command.build_ext import build_ext
 
 COMPILED = [
     "src/inferplane/engines/_core.py",
+    "src/inferplane/gateway/_budgets.py",
     "src/inferplane/perf/_model.py",
+    "src/inferplane/perf/_tokens.py",
     "src/inferplane/policy/_balance.py",
+    "src/inferplane/policy/_budgets.py",
     "src/inferplane/policy/_dispatch.py",
     "src/inferplane/policy/_health.py",
     "src/inferplane/policy/_hedging.py",
+    "src/inferplane/policy/_leases.py",
     "src/inferplane/policy/_queueing.py",
     "src/inferplane/policy/_routing.py",
     "src/inferplane/twin/_gateway.py",
@@ -50,7 +55,7 @@ class CompiledDistribution(Distribution):
         return True  # so that build_ext runs; it decides there what to compile
 
 
-class BuildTwinExtensions(build_ext):
+class BuildHotPathExtensions(build_ext):
     def run(self) -> None:
         self._remove_compiled()
         # Decided here, the one place where it is known whether the build is editable
@@ -94,9 +99,9 @@ class BuildTwinExtensions(build_ext):
         if shutil.which(compiler) is None or not headers.exists():
             if choice == "1":
                 raise SystemExit("INFERPLANE_COMPILE=1 needs a C compiler and Python's headers")
-            print("inferplane: no C compiler or Python headers; the twin runs uncompiled")
+            print("inferplane: no C compiler or Python headers; the hot paths run uncompiled")
             return False
         return True
 
 
-setup(distclass=CompiledDistribution, cmdclass={"build_ext": BuildTwinExtensions})
+setup(distclass=CompiledDistribution, cmdclass={"build_ext": BuildHotPathExtensions})
