@@ -61,7 +61,9 @@ class PoolScaler:
         for r in route.replicas:
             b = r.busy_until(now)
             if r.state is ReplicaState.READY:
-                busy += b - self._busy[r.index]
+                # Busy time only grows; rounding in busy_until can make a spell with no
+                # work since the last look read a few ulps below it.
+                busy += max(0.0, b - self._busy[r.index])
             self._busy[r.index] = b
         window = DDSketch(0.01)
         for sketch in self._ttft:
