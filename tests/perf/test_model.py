@@ -28,6 +28,7 @@ COMPUTE_RATE_H100 = 989e12 * 0.6  # 5.934e14 FLOP/s per GPU
 MEMORY_RATE_H100 = 3.35e12 * 0.8  # 2.68e12 B/s per GPU
 LINK_RATE_H100 = 450e9 * 0.7  # 3.15e11 B/s per direction
 OVERHEAD = 5e-4
+SAMPLE_S_LLAMA_H100 = 128256 * 60.0 / MEMORY_RATE_H100  # 2.87 us per decoding sequence
 H100_USABLE = 81559 * 2**20 * (0.9 - 0.025)  # 74,830,708,736 B per GPU
 
 
@@ -41,8 +42,21 @@ def test_llama_8b_h100_decode_batch_1_is_memory_bound_at_about_6_5_ms() -> None:
     assert cost.compute_s == pytest.approx(2 * 8_030_261_248 / COMPUTE_RATE_H100, rel=1e-12)
     assert cost.bound == "memory"
     assert cost.comm_s == 0.0
-    # 5.9928 ms + 0.5 ms overhead = 6.4928 ms: the typical vLLM ITL of 6-7 ms.
-    assert model.decode_step_time(1, 0) == pytest.approx(0.0064928, rel=1e-4)
+    # The sampler: 60 B over each of the 128,256 logits, / 2.68e12 B/s = 2.87 us.
+    assert cost.overhead_s == pytest.approx(OVERHEAD + SAMPLE_S_LLAMA_H100, rel=1e-12)
+    # 5.9928 ms + 0.5029 ms = 6.4957 ms: the typical vLLM ITL of 6-7 ms.
+    assert model.decode_step_time(1, 0) == pytest.approx(0.0064957, rel=1e-4)
+
+
+def test_the_sampler_costs_each_decoding_sequence_a_pass_over_the_vocabulary() -> None:
+    model = PerfModel(H100, LLAMA_8B)
+    one = model.step_cost(StepShape(num_decode_seqs=1)).overhead_s
+    many = model.step_cost(StepShape(num_decode_seqs=256)).overhead_s
+    assert many - one == pytest.approx(255 * SAMPLE_S_LLAMA_H100, rel=1e-12)
+    # A prompt chunk alone samples nothing the shape can see: the fixed cost only.
+    assert model.step_cost(StepShape.from_batch([(1000, 0)])).overhead_s == OVERHEAD
+    greedy = PerfModel(H100, LLAMA_8B, efficiency=Efficiency(sampler_bytes_per_logit=12.0))
+    assert greedy.step_cost(StepShape(num_decode_seqs=256)).overhead_s < many
 
 
 def test_llama_8b_h100_prefill_1000_tokens_is_compute_bound_at_about_28_ms() -> None:

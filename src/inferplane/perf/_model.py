@@ -2,7 +2,8 @@
 
 One step is one forward pass that may mix prompt chunks (prefill) and one new token for
 each running sequence (decode). Its time is the slower of doing the arithmetic and
-moving the bytes, plus tensor-parallel communication and a fixed per-step overhead:
+moving the bytes, plus tensor-parallel communication, then the sampler and a fixed
+per-step overhead:
 
     total = max(compute_s, memory_s) + comm_s + overhead_s
 
@@ -32,8 +33,11 @@ class Efficiency:
 
     ``memory`` and ``step_overhead_s`` were set together: single-stream Llama-3.1-8B
     decode on an A100 40GB (1.555 TB/s) then takes 16.06 GB / (1.555 TB/s * 0.8) + 0.5 ms
-    = 13.4 ms, i.e. 74.6 tok/s, against 75 tok/s measured with vLLM 0.23 ("vLLM
-    throughput-latency sweep on NVIDIA A100", johnmusgrave.com, 1024-token prompts).
+    (+ 6 us of sampling) = 13.4 ms, i.e. 74.6 tok/s, against 75 tok/s measured with vLLM
+    0.23 ("vLLM throughput-latency sweep on NVIDIA A100", johnmusgrave.com, 1024-token
+    prompts). ``sampler_bytes_per_logit`` is counted, not fitted; the inter-token latency
+    of a 0.5B model on an L4 across concurrency 1-32 (ai.wmx.dev, vLLM 0.23) grows by the
+    slope it gives (the model's step is 0.90-0.92 of the measured ITL p50 throughout).
     """
 
     compute: float = 0.6
@@ -48,8 +52,17 @@ class Efficiency:
     """Achieved fraction of per-direction link bandwidth by ring all-reduce (assumption:
     NCCL bus bandwidth for large messages sits at roughly 70-80% of link rate)."""
     step_overhead_s: float = 5e-4
-    """Fixed cost of every non-empty step: scheduling, sampling, launches with CUDA
-    graphs (calibrated together with ``memory``, see class docstring)."""
+    """Fixed cost of every non-empty step: scheduling, launches with CUDA graphs
+    (calibrated together with ``memory``, see class docstring)."""
+    sampler_bytes_per_logit: float = 60.0
+    """Device-memory traffic of sampling one token, per vocabulary entry. The sampler runs
+    after the forward pass, on every rank, over the whole vocabulary of every decoding
+    sequence, so it adds ``decode seqs x vocab x this / achieved bandwidth`` to a step.
+    60 B counts vLLM v1's default top-k/top-p path (what a model's generation_config
+    asks for, e.g. Qwen2.5's top_k 20 and top_p 0.8): bf16 logits written (2), cast to
+    fp32 (6), divided by the temperature (8), FlashInfer's top-k mask (about 20), softmax
+    (12) and rejection sampling over the probabilities (about 12). Greedy decoding moves
+    less (about 12 B: logits, cast, argmax)."""
     allreduce_latency_s: float = 1e-5
     """Fixed cost of one all-reduce launch within one node; decode all-reduces are a few
     hundred KB, where latency rather than bandwidth dominates (assumption: ~10 us)."""
@@ -67,7 +80,7 @@ class Efficiency:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"Efficiency.{name} must be in (0, 1], got {value}")
-        for name in ("step_overhead_s", "allreduce_latency_s"):
+        for name in ("step_overhead_s", "allreduce_latency_s", "sampler_bytes_per_logit"):
             if getattr(self, name) < 0.0:
                 raise ValueError(f"Efficiency.{name} must be >= 0")
         if not 0.0 <= self.activation_reserve_fraction < self.gpu_memory_utilization:
@@ -208,6 +221,7 @@ class PerfModel:
         "_kv_capacity_tokens",
         "_memory_rate",
         "_miss_per_token",
+        "_sample_s_per_seq",
         "_shared_bytes_per_gpu",
         "efficiency",
         "gpu",
@@ -258,6 +272,9 @@ class PerfModel:
         )
         self._compute_rate = tp * gpu.bf16_flops * efficiency.compute
         self._memory_rate = gpu.hbm_bandwidth * efficiency.memory  # per GPU, per-GPU bytes
+        self._sample_s_per_seq = (
+            model.vocab_size * efficiency.sampler_bytes_per_logit / self._memory_rate
+        )
 
         # Two all-reduces per layer (after attention and after the MLP) of the hidden
         # states; a ring moves 2 * (tp - 1) / tp of the message through each link.
@@ -361,7 +378,9 @@ class PerfModel:
             flops / self._compute_rate,
             memory_bytes / self._memory_rate,
             self._allreduce_fixed_s + self._allreduce_s_per_token * num_tokens,
-            self.efficiency.step_overhead_s,
+            # Prompt chunks that finish their prompt sample too; the shape does not say
+            # which do, so only decodes are counted.
+            self.efficiency.step_overhead_s + self._sample_s_per_seq * num_decode_seqs,
         )
 
     def step_time(self, shape: StepShape) -> float:
