@@ -124,6 +124,8 @@ class Measurement:
 
     id: str
     url: str
+    vllm_engine: str
+    """"V0" or "V1": which of vLLM's engines ran it (from ``vllm_version``)."""
     model: ModelSpec
     gpu: GPU
     tp: int
@@ -178,6 +180,7 @@ def _measurement(entry: dict[str, Any]) -> Measurement:
     return Measurement(
         id=entry["id"],
         url=entry["source"]["url"],
+        vllm_engine="V1" if "V1 engine" in entry["vllm_version"] else "V0",
         model=_model(entry["model"]),
         gpu=_gpu(entry["gpu"]),
         tp=entry["tp"],
@@ -319,6 +322,8 @@ def test_every_entry_cites_its_source_and_setup() -> None:
             assert str(source[key]).strip(), f"{entry['id']}: source.{key}"
         for key in ("vllm_version", "command", "model_as_run", "gpu_as_run"):
             assert str(entry[key]).strip(), f"{entry['id']}: {key}"
+        engines = [e for e in ("V0 engine", "V1 engine") if e in entry["vllm_version"]]
+        assert len(engines) == 1, f"{entry['id']}: vllm_version must name its engine"
         assert entry["assumptions"], f"{entry['id']}: state what was assumed"
         assert entry["metric"] in METRICS, entry["id"]
         assert entry["published"] > 0, entry["id"]
@@ -387,6 +392,7 @@ def _table() -> str:
         "| id | setup | metric | published | estimate | est/pub throughput | within 20% |",
         "| --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
+    within: dict[str, list[bool]] = {"V0": [], "V1": []}
     for m in MEASUREMENTS:
         value, ratio = estimate(m), throughput_ratio(m)
         ok = "yes" if abs(ratio - 1.0) <= TOLERANCE else "no"
@@ -394,6 +400,10 @@ def _table() -> str:
             f"| {m.id} | {m.label} | {m.metric} | {m.published:g} | {value:.4g} "
             f"| {ratio:.3f} | {ok} |"
         )
+        within[m.vllm_engine].append(ok == "yes")
+    rows.append("")
+    for engine, oks in sorted(within.items()):
+        rows.append(f"vLLM {engine} engine: {sum(oks)} of {len(oks)} within 20%")
     return "\n".join(rows)
 
 
