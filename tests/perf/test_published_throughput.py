@@ -176,7 +176,9 @@ def _measurement(entry: dict[str, Any]) -> Measurement:
     if measured is not None and not server_runs:
         server_runs = (measured,)  # the run alone, on a fresh server
     assert measured is None or measured in server_runs, entry["id"]
-    gpu_memory_utilization = entry.get("gpu_memory_utilization", Efficiency.gpu_memory_utilization)
+    gpu_memory_utilization = entry.get(
+        "gpu_memory_utilization", Efficiency().gpu_memory_utilization
+    )
     return Measurement(
         id=entry["id"],
         url=entry["source"]["url"],
