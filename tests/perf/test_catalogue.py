@@ -39,6 +39,19 @@ def test_gpu_datasheet_figures() -> None:
     assert GPUS["L40S"].interconnect_bandwidth == 32e9  # PCIe Gen4 x16: 64 GB/s / 2
     assert GPUS["L4"].bf16_flops == 121e12
     assert GPUS["L4"].hbm_bandwidth == 300e9
+    # The SXM parts are joined by NVLink; the L40S and L4 only by PCIe.
+    assert {name: gpu.link for name, gpu in GPUS.items()} == {
+        "H100": "nvlink",
+        "H200": "nvlink",
+        "A100": "nvlink",
+        "L40S": "pcie",
+        "L4": "pcie",
+    }
+
+
+def test_a_gpu_with_an_unknown_link_is_refused() -> None:
+    with pytest.raises(ValueError, match="link must be one of nvlink, pcie"):
+        dataclasses.replace(GPUS["L4"], link="infiniband")
 
 
 def test_prices_are_instance_price_over_gpu_count() -> None:

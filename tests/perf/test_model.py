@@ -130,6 +130,19 @@ def test_tensor_parallel_communication_llama_70b_tp4_decode() -> None:
     assert cost.memory_s == pytest.approx(35_276_935_168 / MEMORY_RATE_H100, rel=1e-12)
 
 
+def test_pcie_gpus_pay_the_pcie_all_reduce_latency() -> None:
+    # L40S has no NVLink: each of the 2 x 28 all-reduces of Qwen2.5-7B costs 30 us of
+    # latency, plus the ring bytes 2 * 1/2 * (3584 hidden * 2 B) * 56 = 401,408 B at 0.7
+    # of PCIe Gen4's 32 GB/s per direction.
+    model = PerfModel(GPUS["L40S"], MODELS["qwen2.5-7b"], tp=2)
+    cost = model.step_cost(StepShape(num_decode_seqs=1))
+    assert cost.comm_s == pytest.approx(56 * 3e-5 + 401_408 / (32e9 * 0.7), rel=1e-12)
+    # The same model on NVLink-joined GPUs pays the NVLink latency instead.
+    nvlink = dataclasses.replace(GPUS["L40S"], link="nvlink")
+    cost = PerfModel(nvlink, MODELS["qwen2.5-7b"], tp=2).step_cost(StepShape(num_decode_seqs=1))
+    assert cost.comm_s == pytest.approx(56 * 1e-5 + 401_408 / (32e9 * 0.7), rel=1e-12)
+
+
 def test_doubling_tp_halves_prefill_compute() -> None:
     one = PerfModel(H100, LLAMA_8B, tp=1)
     two = PerfModel(H100, LLAMA_8B, tp=2)

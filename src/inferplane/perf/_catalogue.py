@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 _MIB = 2**20
+_LINKS = ("nvlink", "pcie")
 _AWS_PRICES = "AWS EC2 On-Demand price list, us-east-1, Linux, September 2026"
 
 
@@ -56,6 +57,9 @@ class GPU:
     """Device memory as the driver reports it (nvidia-smi memory.total), bytes."""
     interconnect_bandwidth: float
     """Bytes/s per GPU per direction between GPUs of one node (NVLink or PCIe)."""
+    link: str
+    """``"nvlink"`` or ``"pcie"``: what joins GPUs of one node, which decides how vLLM
+    all-reduces between them (see `Efficiency`)."""
     price_per_hour: float
     """On-demand USD per GPU-hour: an overridable default (see module docstring)."""
     source: str
@@ -69,6 +73,8 @@ class GPU:
         ):
             if not getattr(self, field_name) > 0:
                 raise ValueError(f"GPU {self.name}: {field_name} must be > 0")
+        if self.link not in _LINKS:
+            raise ValueError(f"GPU {self.name}: link must be one of {', '.join(_LINKS)}")
         if self.price_per_hour < 0:
             raise ValueError(f"GPU {self.name}: price_per_hour must be >= 0")
 
@@ -136,6 +142,7 @@ _GPU_LIST: tuple[GPU, ...] = (
         hbm_bandwidth=3.35e12,
         memory_bytes=81559 * _MIB,  # nvidia-smi "NVIDIA H100 80GB HBM3": 81559MiB
         interconnect_bandwidth=450e9,  # NVLink 4: 900 GB/s total / 2
+        link="nvlink",
         price_per_hour=55.04 / 8,  # p5.48xlarge, 8x H100
         source=(
             "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column (BF16 1,979 TFLOPS with "
@@ -150,6 +157,7 @@ _GPU_LIST: tuple[GPU, ...] = (
         hbm_bandwidth=4.8e12,
         memory_bytes=143771 * _MIB,  # nvidia-smi "NVIDIA H200": 143771MiB
         interconnect_bandwidth=450e9,  # NVLink 4: 900 GB/s total / 2
+        link="nvlink",
         price_per_hour=63.296 / 8,  # p5en.48xlarge, 8x H200
         source=(
             "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column (BF16 1,979 TFLOPS with "
@@ -164,6 +172,7 @@ _GPU_LIST: tuple[GPU, ...] = (
         hbm_bandwidth=2.039e12,
         memory_bytes=81920 * _MIB,  # nvidia-smi "NVIDIA A100-SXM4-80GB": 81920MiB
         interconnect_bandwidth=300e9,  # NVLink 3: 600 GB/s total / 2
+        link="nvlink",
         price_per_hour=27.44705 / 8,  # p4de.24xlarge, 8x A100 80GB
         source=(
             "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM column (BF16 312 TFLOPS "
@@ -178,6 +187,7 @@ _GPU_LIST: tuple[GPU, ...] = (
         hbm_bandwidth=864e9,  # GDDR6, not HBM; the field is "device memory bandwidth"
         memory_bytes=46068 * _MIB,  # nvidia-smi "NVIDIA L40S": 46068MiB
         interconnect_bandwidth=32e9,  # no NVLink: PCIe Gen4 x16, 64 GB/s total / 2
+        link="pcie",
         price_per_hour=1.861,  # g6e.xlarge, 1x L40S
         source=(
             "NVIDIA L40S datasheet (BF16 362.05 TFLOPS dense, 864 GB/s, 48 GB GDDR6, "
@@ -192,6 +202,7 @@ _GPU_LIST: tuple[GPU, ...] = (
         hbm_bandwidth=300e9,  # GDDR6
         memory_bytes=23034 * _MIB,  # nvidia-smi "NVIDIA L4": 23034MiB
         interconnect_bandwidth=32e9,  # no NVLink: PCIe Gen4 x16, 64 GB/s total / 2
+        link="pcie",
         price_per_hour=0.8048,  # g6.xlarge, 1x L4
         source=(
             "NVIDIA L4 Tensor Core GPU datasheet (BF16 242 TFLOPS with sparsity, 300 GB/s, "

@@ -63,9 +63,20 @@ class Efficiency:
     fp32 (6), divided by the temperature (8), FlashInfer's top-k mask (about 20), softmax
     (12) and rejection sampling over the probabilities (about 12). Greedy decoding moves
     less (about 12 B: logits, cast, argmax)."""
-    allreduce_latency_s: float = 1e-5
-    """Fixed cost of one all-reduce launch within one node; decode all-reduces are a few
-    hundred KB, where latency rather than bandwidth dominates (assumption: ~10 us)."""
+    nvlink_allreduce_latency_s: float = 1e-5
+    """Fixed cost of one all-reduce between NVLink-joined GPUs, where vLLM runs its own
+    one-kernel all-reduce; decode all-reduces are a few hundred KB, where latency rather
+    than bandwidth dominates (assumption: ~10 us)."""
+    pcie_allreduce_latency_s: float = 3e-5
+    """Fixed cost of one all-reduce between GPUs joined only by PCIe. vLLM's own
+    all-reduce needs peer-to-peer access there (and refuses more than two such GPUs), so
+    NCCL runs it, through host memory when GPUs sit on different CPU sockets. Published
+    small all-reduces on PCIe-only nodes take 16 to 43 us (nccl-tests 8-byte rows: 15.9 us
+    on 4x RTX A5000, NVIDIA/nccl#757; 42.6 us on 8x RTX 4090, NVIDIA/nccl#1530); about
+    20 us inside CUDA graphs on four V100s behind one PCIe switch (haohervchb/sglang-V100
+    PR #2); one GPU-to-GPU copy without peer access takes 15 us (2x RTX 3090,
+    noonghunna/club-3090 docs/PCIE_P2P.md), and a two-GPU ring makes two in a row.
+    30 us is an assumption inside that range."""
     gpu_memory_utilization: float = 0.9
     """Fraction of device memory the engine may use: vLLM's default."""
     activation_reserve_fraction: float = 0.025
@@ -80,7 +91,12 @@ class Efficiency:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"Efficiency.{name} must be in (0, 1], got {value}")
-        for name in ("step_overhead_s", "allreduce_latency_s", "sampler_bytes_per_logit"):
+        for name in (
+            "step_overhead_s",
+            "nvlink_allreduce_latency_s",
+            "pcie_allreduce_latency_s",
+            "sampler_bytes_per_logit",
+        ):
             if getattr(self, name) < 0.0:
                 raise ValueError(f"Efficiency.{name} must be >= 0")
         if not 0.0 <= self.activation_reserve_fraction < self.gpu_memory_utilization:
@@ -285,7 +301,12 @@ class PerfModel:
             )
             link_rate = gpu.interconnect_bandwidth * efficiency.interconnect
             self._allreduce_s_per_token = ring_bytes_per_token / link_rate
-            self._allreduce_fixed_s = num_allreduces * efficiency.allreduce_latency_s
+            latency = (
+                efficiency.nvlink_allreduce_latency_s
+                if gpu.link == "nvlink"
+                else efficiency.pcie_allreduce_latency_s
+            )
+            self._allreduce_fixed_s = num_allreduces * latency
         else:
             self._allreduce_s_per_token = 0.0
             self._allreduce_fixed_s = 0.0
