@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,22 @@ def test_the_estimate_names_the_bottleneck() -> None:
     assert short is not None and short.bottleneck == "memory bandwidth"
     long = estimate_replica(PerfModel(get_gpu("H100"), model), 4000, 16, 256)
     assert long is not None and long.bottleneck == "compute"
+    assert "all-reduce" not in long.reason  # one GPU: nothing to all-reduce
+
+
+def test_the_estimate_says_what_share_of_a_step_the_all_reduces_take() -> None:
+    # Qwen2.5-7B decoding 256 requests on two GPUs: 56 all-reduces a step, 30 us each over
+    # PCIe against 10 us over NVLink, so the share is larger on the L40S than on the A100.
+    model = get_model("qwen2.5-7b")
+    shares = {}
+    for gpu, link in (("L40S", "PCIe"), ("A100", "NVLink")):
+        perf = PerfModel(get_gpu(gpu), model, tp=2)
+        est = estimate_replica(perf, 512, 256, 256)
+        assert est is not None
+        found = re.search(rf"all-reduces over {link} take (\d+)% of a step", est.reason)
+        assert found, est.reason
+        shares[gpu] = int(found.group(1))
+    assert shares["L40S"] > shares["A100"] > 0
 
 
 def test_break_even_by_hand() -> None:

@@ -115,4 +115,9 @@ def estimate_replica(
     else:
         bottleneck = "memory bandwidth"
         reason = f"each decode step of {batch} requests reads the weights and their KV cache"
+    if perf.tp > 1:
+        # Communication adds to the step rather than overlapping it: say how much, since it
+        # is what makes tensor parallelism over PCIe a poor buy.
+        link = "NVLink" if perf.gpu.link == "nvlink" else "PCIe"
+        reason += f"; all-reduces over {link} take {decode.comm_s / step:.0%} of a step"
     return ReplicaEstimate(batch / (steps * step), batch, share, bottleneck, reason)
