@@ -91,7 +91,7 @@ def test_the_estimate_names_the_bottleneck() -> None:
 
 
 def test_the_estimate_says_what_share_of_a_step_the_all_reduces_take() -> None:
-    # Qwen2.5-7B decoding 256 requests on two GPUs: 56 all-reduces a step, 30 us each over
+    # Qwen2.5-7B decoding on two GPUs: 56 all-reduces a step, 30 us each over
     # PCIe against 10 us over NVLink, so the share is larger on the L40S than on the A100.
     model = get_model("qwen2.5-7b")
     shares = {}
