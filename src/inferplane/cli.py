@@ -312,7 +312,7 @@ def catalogue() -> None:
             f"{g.bf16_flops / 1e12:.0f}",
             f"{g.hbm_bandwidth / 1e12:.2f}",
             f"{g.memory_bytes / 2**30:.0f}",
-            f"{'NVLink' if g.link == 'nvlink' else 'PCIe'} {g.interconnect_bandwidth / 1e9:.0f}",
+            f"{g.link_name} {g.interconnect_bandwidth / 1e9:.0f}",
             f"{g.price_per_hour:.2f}",
         )
     models = _table(

@@ -47,6 +47,7 @@ def test_gpu_datasheet_figures() -> None:
         "L40S": "pcie",
         "L4": "pcie",
     }
+    assert (GPUS["H100"].link_name, GPUS["L4"].link_name) == ("NVLink", "PCIe")
 
 
 def test_a_gpu_with_an_unknown_link_is_refused() -> None:

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 _MIB = 2**20
-_LINKS = ("nvlink", "pcie")
+_LINK_NAMES = {"nvlink": "NVLink", "pcie": "PCIe"}
 _AWS_PRICES = "AWS EC2 On-Demand price list, us-east-1, Linux, September 2026"
 
 
@@ -73,10 +73,15 @@ class GPU:
         ):
             if not getattr(self, field_name) > 0:
                 raise ValueError(f"GPU {self.name}: {field_name} must be > 0")
-        if self.link not in _LINKS:
-            raise ValueError(f"GPU {self.name}: link must be one of {', '.join(_LINKS)}")
+        if self.link not in _LINK_NAMES:
+            raise ValueError(f"GPU {self.name}: link must be one of {', '.join(_LINK_NAMES)}")
         if self.price_per_hour < 0:
             raise ValueError(f"GPU {self.name}: price_per_hour must be >= 0")
+
+    @property
+    def link_name(self) -> str:
+        """The link as people write it: "NVLink" or "PCIe"."""
+        return _LINK_NAMES[self.link]
 
 
 @dataclass(frozen=True)

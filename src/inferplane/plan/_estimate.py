@@ -118,6 +118,6 @@ def estimate_replica(
     if perf.tp > 1:
         # Communication adds to the step rather than overlapping it: say how much, since it
         # is what makes tensor parallelism over PCIe a poor buy.
-        link = "NVLink" if perf.gpu.link == "nvlink" else "PCIe"
-        reason += f"; all-reduces over {link} take {decode.comm_s / step:.0%} of a step"
+        share_comm = decode.comm_s / step
+        reason += f"; all-reduces over {perf.gpu.link_name} take {share_comm:.0%} of a step"
     return ReplicaEstimate(batch / (steps * step), batch, share, bottleneck, reason)
